@@ -269,3 +269,16 @@ def test_summary_num_classes() -> None:
     four = summarize("resnet18", num_classes=4)
     assert four.parameters == PAPER_PARAMS["resnet18"] - 513  # one output of 512 weights + bias fewer
     assert four.num_classes == 4
+
+
+def test_capture_excitations_returns_one_sigmoid_vector_per_se_block() -> None:
+    from kneelib.models import capture_excitations
+
+    model = build_model("se_resnet18", num_classes=5)
+    model.train()
+    s = capture_excitations(model, torch.randn(2, 3, 64, 64))
+    assert len(s) == count_se_blocks(model) == 8
+    assert model.training  # mode restored
+    widths = sorted({v.shape[1] for v in s.values()})
+    assert widths == [64, 128, 256, 512]
+    assert all(v.shape[0] == 2 and float(v.min()) >= 0 and float(v.max()) <= 1 for v in s.values())

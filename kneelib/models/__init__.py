@@ -6,7 +6,7 @@ return logits of shape (N, num_classes).
 """
 
 from kneelib.models.registry import ModelSpec, build_model, get_spec, list_models
-from kneelib.models.se import SqueezeExcite, count_se_blocks
+from kneelib.models.se import SqueezeExcite, capture_excitations, count_se_blocks
 from kneelib.models.weights import WeightsReport
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "SqueezeExcite",
     "WeightsReport",
     "build_model",
+    "capture_excitations",
     "count_se_blocks",
     "get_spec",
     "list_models",

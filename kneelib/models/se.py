@@ -9,10 +9,11 @@ makes the parameter counts match (see :mod:`kneelib.models.registry`).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
-__all__ = ["REDUCTION", "SqueezeExcite", "count_se_blocks", "reset_se_parameters"]
+__all__ = ["REDUCTION", "SqueezeExcite", "capture_excitations", "count_se_blocks", "reset_se_parameters"]
 
 #: The paper's reduction ratio r.
 REDUCTION = 16
@@ -49,3 +50,27 @@ def reset_se_parameters(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, SqueezeExcite):
             module.reset_parameters()
+
+
+@torch.inference_mode()
+def capture_excitations(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The excitation weights ``s`` (Eq. 2) of every SE block for a batch: ``{block name: (N, C)}``.
+
+    Hooks the sigmoid of each block during one forward pass in eval mode, then removes the hooks.
+    """
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, SqueezeExcitation):
+            def hook(_m: nn.Module, _inp: tuple, out: torch.Tensor, name: str = name) -> None:
+                captured[name] = out.flatten(1).float().cpu()
+            handles.append(module.scale_activation.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return captured
