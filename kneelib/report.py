@@ -1,0 +1,35 @@
+"""Tables (with the paper's numbers beside ours) and figures — the import point of the report layer.
+
+The code lives in :mod:`kneelib.report_tables` and :mod:`kneelib.report_figures`; import from here.
+Pure functions of metrics dicts, prediction/history DataFrames and arrays; the only I/O is the optional
+:func:`save_table` / :func:`save_figure` (atomic, deterministic bytes).
+"""
+
+from kneelib.report_figures import (
+    choose_examples,
+    confusion_matrix_figure,
+    learning_curves_figure,
+    probability_figure,
+    roc_figure,
+    save_figure,
+    se_excitation_figure,
+    select_model,
+)
+from kneelib.report_tables import (
+    RESULT_COLUMNS,
+    RESULT_SUMMARY_COLUMNS,
+    format_table,
+    overhead_table,
+    results_table,
+    run_key,
+    save_table,
+    table1,
+    table6,
+)
+
+__all__ = [
+    "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS",
+    "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "overhead_table",
+    "probability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
+    "se_excitation_figure", "select_model", "table1", "table6",
+]
