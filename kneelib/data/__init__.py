@@ -1,0 +1,22 @@
+"""kneelib.data: read images, label schemes, discover data layouts, filter, split and count.
+
+The torch Dataset and transforms live in ``kneelib.data.dataset`` / ``transforms`` and the synthetic
+generator in ``kneelib.data.synthetic``; they are not imported here (no torch on ``import kneelib.data``).
+"""
+
+from kneelib.data.io import IMAGE_SUFFIXES, read_image
+from kneelib.data.layout import SPLITS, Sample, discover, parse_knee_name, select_split
+from kneelib.data.schemes import SCHEME_NAMES, Scheme, get_scheme
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SCHEME_NAMES",
+    "SPLITS",
+    "Sample",
+    "Scheme",
+    "discover",
+    "get_scheme",
+    "parse_knee_name",
+    "read_image",
+    "select_split",
+]

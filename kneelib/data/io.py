@@ -1,0 +1,100 @@
+"""Read one image file into a uint8 grayscale array, with one clear error per kind of bad file.
+
+Supported: PNG and JPEG, 8- or 16-bit, grayscale, palette, RGB(A) or CMYK. Colour is converted to
+luma (ITU-R 601, Pillow's ``convert("L")``); 16-bit values are mapped linearly from 0-65535 to 0-255
+(``round(v / 257)``, the inverse of the usual 8-to-16-bit expansion). DICOM is a later addition:
+extend :data:`IMAGE_SUFFIXES` and :func:`decode`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from kneelib.errors import KneelibError
+
+#: File suffixes (lower case) treated as images; anything else in a data folder is ignored.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+#: Modes Pillow may return that we reduce to "L" or "RGB" before conversion.
+_TO_L = {"1", "LA", "La"}
+_TO_RGB = {"P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_SIXTEEN = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+class ImageReadError(KneelibError):
+    """A file that cannot be read as an image; ``reason`` is one of
+    ``missing``, ``empty``, ``unreadable``, ``truncated``, ``wrong-mode``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = Path(path)
+        self.reason = reason
+        self.detail = detail
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when the file name has an image suffix (case-insensitive) and is not hidden."""
+    name = os.fspath(path)
+    base = os.path.basename(name)
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_SUFFIXES
+
+
+def decode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """Decode a file fully; return ``(pixels, original_mode)``.
+
+    ``pixels`` is H×W (uint8 or uint16/int32 for 16-bit) or H×W×3 uint8 (colour).
+    Raises :class:`ImageReadError` naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageReadError(path, "missing", "no such file") from None
+    except OSError as exc:
+        raise ImageReadError(path, "unreadable", f"cannot access file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise ImageReadError(path, "empty", "empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in _TO_L:
+                im = im.convert("L")
+            elif mode in _TO_RGB:
+                im = im.convert("RGB")
+            elif mode not in {"L", "RGB"} | _SIXTEEN:
+                raise ImageReadError(path, "wrong-mode", f"unsupported image mode {mode!r}")
+            pixels = np.asarray(im)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "unreadable", "not a readable PNG/JPEG image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        text = str(exc)
+        if "truncated" in text or isinstance(exc, EOFError) or "broken" in text.lower():
+            raise ImageReadError(path, "truncated", f"truncated or corrupt image ({text})") from None
+        raise ImageReadError(path, "unreadable", f"cannot decode image ({text})") from None
+    if pixels.ndim < 2 or min(pixels.shape[:2]) == 0:
+        raise ImageReadError(path, "empty", "image has no pixels")
+    return pixels, mode
+
+
+def to_gray_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Convert decoded pixels to H×W uint8: luma for colour, linear 16-to-8-bit scaling."""
+    if pixels.ndim == 3:
+        rgb = np.ascontiguousarray(pixels[..., :3], dtype=np.uint8)
+        return np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
+    if pixels.dtype == np.uint8:
+        return np.ascontiguousarray(pixels)
+    wide = np.clip(pixels.astype(np.int64), 0, 65535)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as a uint8 H×W grayscale array (KneelibError naming the file if bad)."""
+    pixels, _ = decode(path)
+    return to_gray_uint8(pixels)
