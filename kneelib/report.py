@@ -9,6 +9,7 @@ from kneelib.report_figures import (
     choose_examples,
     confusion_matrix_figure,
     learning_curves_figure,
+    prediction_figure,
     probability_figure,
     roc_figure,
     save_figure,
@@ -30,6 +31,6 @@ from kneelib.report_tables import (
 __all__ = [
     "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "overhead_table",
-    "probability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
+    "prediction_figure", "probability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
     "se_excitation_figure", "select_model", "table1", "table6",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from kneelib.atomic import atomic_path
@@ -207,21 +208,44 @@ def probability_figure(predictions: pd.DataFrame, class_names: Sequence[str], *,
                 ax_img.imshow(img, cmap="gray" if img.ndim == 2 else None, **lim)
             ax_img.set_axis_off()
             ax_img.set_title(name, fontsize="small")
-        ax = axes[r, -1]
-        colors = [_TRUE_COLOR if k == t else _OTHER_COLOR for k in range(len(class_names))]
-        bars = ax.bar(range(len(class_names)), p, color=colors)
-        bars[pred].set_edgecolor(_PRED_EDGE)
-        bars[pred].set_linewidth(2)
-        for k, v in enumerate(p):
-            ax.text(k, v + 0.03, f"{v:.2f}", ha="center", va="bottom", fontsize="x-small")
-        ax.set_xticks(range(len(class_names)), labels)
-        ax.set_ylim(0, 1.15)
-        ax.set_ylabel("probability")
-        verdict = "correct" if pred == t else "wrong"
         head = f"{name}: " if images is None and name else ""
-        ax.set_title(f"{head}true {labels[t]}, predicted {labels[pred]} ({verdict})", fontsize="small")
-        ax.spines[["top", "right"]].set_visible(False)
+        _probability_bars(axes[r, -1], p, t, labels, head=head)
     axes[-1, -1].set_xlabel("grade (green: true grade; orange outline: prediction)")
+    fig.suptitle(title)
+    return _freeze(fig)
+
+
+def _probability_bars(ax: Axes, p: np.ndarray, true: int | None, labels: Sequence[str], *,
+                      head: str = "") -> None:
+    """Bars of one image's grade probabilities: the true grade (if known) filled, the prediction outlined."""
+    pred = int(np.argmax(p))
+    colors = [_TRUE_COLOR if k == true else _OTHER_COLOR for k in range(len(labels))]
+    bars = ax.bar(range(len(labels)), p, color=colors)
+    bars[pred].set_edgecolor(_PRED_EDGE)
+    bars[pred].set_linewidth(2)
+    for k, v in enumerate(p):
+        ax.text(k, v + 0.03, f"{v:.2f}", ha="center", va="bottom", fontsize="x-small")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("probability")
+    if true is None:
+        ax.set_title(f"{head}predicted {labels[pred]}", fontsize="small")
+    else:
+        verdict = "correct" if pred == true else "wrong"
+        ax.set_title(f"{head}true {labels[true]}, predicted {labels[pred]} ({verdict})", fontsize="small")
+    ax.spines[["top", "right"]].set_visible(False)
+
+
+def prediction_figure(image: np.ndarray, probabilities: Sequence[float], class_names: Sequence[str], *,
+                      title: str = "", true: str | None = None) -> Figure:
+    """One graded image: the crop beside its grade probabilities (``true``: the true class name, if known)."""
+    fig = Figure(figsize=(6.5, 2.6), layout="constrained")
+    ax_img, ax = fig.subplots(1, 2, width_ratios=[1, 2.2])
+    ax_img.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
+    ax_img.set_axis_off()
+    labels = [_label(c) for c in class_names]
+    t = list(class_names).index(true) if true is not None else None
+    _probability_bars(ax, np.asarray(probabilities, dtype=float), t, labels)
     fig.suptitle(title)
     return _freeze(fig)
 

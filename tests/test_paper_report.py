@@ -300,3 +300,14 @@ def test_overhead_table_accepts_model_summaries():
     t = report.overhead_table(rows)
     assert t.at["ResNet-18", "params_overhead_pct"] == pytest.approx(5.0)
     assert t.at["ResNet-18", "gflops_overhead_pct"] == pytest.approx(0.5)
+
+
+def test_prediction_figure_with_and_without_truth() -> None:
+    from kneelib.report import prediction_figure
+
+    gray = np.full((32, 32), 128, dtype=np.uint8)
+    fig = prediction_figure(gray, [0.1, 0.6, 0.2, 0.1], ["0-1", "2", "3", "4"], title="x", true="3")
+    assert len(fig.axes) == 2
+    assert "true KL 3, predicted KL 2 (wrong)" in fig.axes[1].get_title()
+    fig = prediction_figure(gray, [0.1, 0.6, 0.2, 0.1], ["0-1", "2", "3", "4"])
+    assert fig.axes[1].get_title() == "predicted KL 2"

@@ -1,0 +1,42 @@
+"""``kneelib reproduce``: run the notebook sweep of a profile with papermill."""
+
+from __future__ import annotations
+
+import argparse
+
+from kneelib.pipeline import PROFILES, get_profile, reproduce, update_committed_notebooks
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``reproduce`` sub-command."""
+    p = sub.add_parser(
+        "reproduce", help="regenerate every table and figure by executing the notebooks (papermill)",
+        description="Execute notebooks/ in order for a profile; writes OUT/{notebooks,tables,figures}. "
+        "Finished runs are skipped and killed runs resumed.",
+    )
+    p.add_argument("--profile", choices=sorted(PROFILES), default="smoke",
+                   help="smoke: synthetic data, tiny and fast (default); paper: the paper's settings")
+    p.add_argument("--data", help="data directory ({train,val,test}/{0..4}); default: synthetic for smoke")
+    p.add_argument("--out", help="output directory (default runs/<profile>)")
+    p.add_argument("--archs", nargs="+", help="architectures (default: all eight)")
+    p.add_argument("--schemes", nargs="+", choices=["kl5", "kl4"], help="label schemes (default both)")
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds (default 21 42 84)")
+    p.add_argument("--epochs", type=int, help="override the profile's epochs")
+    p.add_argument("--image-size", type=int, help="override the profile's image size")
+    p.add_argument("--split", help="split the tables are computed on (default test; real data here: val)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--real-data", help="real kneeKL224 folder for the synthetic-vs-real montage "
+                   "(default ../shared/data/kneeKL224 when present)")
+    p.add_argument("--update-notebooks", action="store_true",
+                   help="copy the executed notebooks over notebooks/ (the nbval reference outputs)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    profile = get_profile(args.profile, archs=args.archs, schemes=args.schemes, seeds=args.seeds,
+                          epochs=args.epochs, image_size=args.image_size, split=args.split)
+    layout = reproduce(profile, data=args.data, out=args.out, device=args.device, real_data=args.real_data)
+    if args.update_notebooks:
+        for path in update_committed_notebooks(layout):
+            print(f"updated {path}")
+    return 0

@@ -1,0 +1,88 @@
+"""A sweep's runs (arch × scheme × seed under ``OUT/runs``) and their cached evaluations.
+
+Each (arch, scheme) group of seeds is evaluated once — every member and the seed ensemble — and cached
+as ``OUT/eval/<arch>_<scheme>/{metrics.json,predictions.csv}``. The cache is reused only while it is
+newer than every member's ``best.pt`` and was made on the same split and data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kneelib.errors import KneelibError
+from kneelib.evaluate import evaluate_runs, save_metrics, save_predictions
+
+
+def run_name(arch: str, scheme: str, seed: int) -> str:
+    """The folder name of one training run inside ``OUT/runs``."""
+    return f"{arch}_{scheme}_s{seed}"
+
+
+def group_runs(out_dir: str | os.PathLike, arch: str, scheme: str, seeds: Sequence[int]) -> list[Path]:
+    """The finished-or-not run directories of one (arch, scheme) group that hold a best checkpoint."""
+    runs = [Path(out_dir) / "runs" / run_name(arch, scheme, s) for s in seeds]
+    return [r for r in runs if (r / "best.pt").is_file()]
+
+
+def _cache_valid(metrics_path: Path, runs: Sequence[Path], split: str, data_dir: str) -> bool:
+    if not metrics_path.is_file():
+        return False
+    try:
+        cached = json.loads(metrics_path.read_text())
+    except ValueError:
+        return False
+    newest = max((r / "best.pt").stat().st_mtime for r in runs)
+    return (metrics_path.stat().st_mtime >= newest and cached.get("split") == split
+            and cached.get("data") == data_dir
+            and sorted(cached.get("runs", {}).values()) == sorted(str(r) for r in runs))
+
+
+def evaluate_group(out_dir: str | os.PathLike, data_dir: str | os.PathLike, arch: str, scheme: str,
+                   seeds: Sequence[int], *, split: str = "test", device: str = "auto",
+                   progress: bool | None = None) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """Metrics and predictions of one group (members + ensemble), cached; ``None`` if it has no runs."""
+    runs = group_runs(out_dir, arch, scheme, seeds)
+    if not runs:
+        return None
+    cache = Path(out_dir) / "eval" / f"{arch}_{scheme}"
+    metrics_path, preds_path = cache / "metrics.json", cache / "predictions.csv"
+    if _cache_valid(metrics_path, runs, split, str(data_dir)) and preds_path.is_file():
+        return json.loads(metrics_path.read_text()), pd.read_csv(preds_path)
+    metrics, predictions = evaluate_runs(runs, data_dir, split=split, device=device, progress=progress)
+    save_predictions(predictions, preds_path)
+    save_metrics(metrics, metrics_path)
+    return json.loads(metrics_path.read_text()), predictions
+
+
+def evaluate_sweep(out_dir: str | os.PathLike, data_dir: str | os.PathLike, *, archs: Sequence[str],
+                   schemes: Sequence[str], seeds: Sequence[int], split: str = "test",
+                   device: str = "auto", progress: bool | None = None) -> dict[tuple[str, str], dict]:
+    """``{(arch, scheme): metrics document}`` for every group of the sweep that has runs."""
+    results = {}
+    for scheme in schemes:
+        for arch in archs:
+            got = evaluate_group(out_dir, data_dir, arch, scheme, seeds, split=split, device=device,
+                                 progress=progress)
+            if got is not None:
+                results[(arch, scheme)] = got[0]
+    if not results:
+        raise KneelibError(f"{Path(out_dir) / 'runs'}: no trained runs found for this sweep")
+    return results
+
+
+def metrics_by_run(results: dict[tuple[str, str], dict], scheme: str) -> dict[str, tuple[tuple, dict]]:
+    """``{run name: ((arch, scheme, seed), M)}`` of one scheme, the input of ``report.results_table``."""
+    table = {}
+    for (arch, sch), doc in results.items():
+        if sch != scheme:
+            continue
+        for name, m in doc["models"].items():
+            seed = int(name.rsplit("_s", 1)[1])
+            table[name] = ((arch, sch, seed), m)
+    return table

@@ -1,0 +1,84 @@
+"""The papermill sweep: profiles, parameters contract with the notebooks, resume/skip logic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kneelib.cli import main
+from kneelib.errors import KneelibError
+from kneelib.pipeline import (
+    NOTEBOOK_DIR,
+    NOTEBOOKS,
+    Layout,
+    get_profile,
+    notebook_parameters,
+    parameters_cell_names,
+    run_finished,
+    strip_volatile_metadata,
+    train_parameters,
+)
+
+
+def test_every_notebook_declares_exactly_the_parameters_reproduce_passes(tmp_path: Path) -> None:
+    profile = get_profile("smoke")
+    layout = Layout(tmp_path / "out")
+    passed = notebook_parameters(profile, layout, tmp_path / "data", device="cpu", real_data_dir=None)
+    passed["03_train"] = train_parameters(profile, layout, tmp_path / "data", "resnet18", "kl5", 21,
+                                          device="cpu")
+    assert set(passed) == set(NOTEBOOKS)
+    for name in NOTEBOOKS:
+        declared = parameters_cell_names(NOTEBOOK_DIR / f"{name}.ipynb")
+        assert sorted(declared) == sorted(passed[name]), name
+
+
+def test_parameters_cells_hold_the_paper_defaults() -> None:
+    """The notebooks' own defaults are the paper's full-size recipe (papermill injects the smoke ones)."""
+    nb = nbformat.read(NOTEBOOK_DIR / "03_train.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    ns: dict = {}
+    exec(cell.source, ns)  # noqa: S102 - our own notebook's parameter assignments
+    assert (ns["epochs"], ns["image_size"], ns["batch_size"], ns["weights"]) == (75, 224, 32, "imagenet")
+
+
+def test_profiles_and_overrides() -> None:
+    smoke = get_profile("smoke")
+    assert len(smoke.archs) * len(smoke.schemes) * len(smoke.seeds) == 48
+    paper = get_profile("paper")
+    assert (paper.epochs, paper.image_size, paper.batch_size, paper.weights) == (75, 224, 32, "imagenet")
+    assert get_profile("smoke", archs=["resnet18"], seeds=None).archs == ("resnet18",)
+    with pytest.raises(KneelibError, match="unknown profile"):
+        get_profile("huge")
+
+
+def test_run_finished_reads_status(tmp_path: Path) -> None:
+    assert not run_finished(tmp_path)
+    (tmp_path / "status.json").write_text(json.dumps({"finished": False, "epoch": 1}))
+    assert not run_finished(tmp_path)
+    (tmp_path / "status.json").write_text(json.dumps({"finished": True, "epoch": 3}))
+    assert run_finished(tmp_path)
+
+
+def test_strip_volatile_metadata(tmp_path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"start_time": "2026-01-01", "duration": 3.2}
+    cell = nbformat.v4.new_code_cell("1 + 1")
+    cell.metadata["papermill"] = {"duration": 0.1}
+    cell.metadata["execution"] = {"iopub.status.busy": "2026-01-01"}
+    nb.cells.append(cell)
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    strip_volatile_metadata(path)
+    text = path.read_text()
+    assert "2026-01-01" not in text and "duration" not in text
+
+
+def test_reproduce_paper_profile_needs_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["reproduce", "--profile", "paper", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs real data" in err[0]
+    assert main(["reproduce", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "data directory not found" in capsys.readouterr().err
