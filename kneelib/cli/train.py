@@ -1,0 +1,76 @@
+"""``kneelib train``: fit one model into a run directory (thin layer over :func:`kneelib.train.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from kneelib.train_config import TrainConfig
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` sub-command."""
+    d = _DEFAULTS
+    p = subparsers.add_parser(
+        "train",
+        help="train one model on DIR's train split, keep the best on its val split",
+        description="Train ARCH with the paper's recipe (Adam, lr step decay, augmentation) and write "
+        "RUN_DIR: config.json, history.csv, best.pt, last.pt, status.json. Defaults are the paper's.",
+    )
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="data set with train and val splits (DIR/{train,val}/{0..4}/ or a manifest)")
+    p.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `kneelib models`)")
+    p.add_argument("--scheme", default=d["scheme"], metavar="kl5|kl4|oa",
+                   help=f"label scheme (default {d['scheme']})")
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help=f"epochs (default {d['epochs']})")
+    p.add_argument("--image-size", type=int, default=d["image_size"], metavar="PX",
+                   help=f"input size (default {d['image_size']})")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help=f"batch size (default {d['batch_size']})")
+    p.add_argument("--lr", type=float, default=d["lr"], help=f"Adam learning rate (default {d['lr']:g})")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                   help=f"Adam weight decay (default {d['weight_decay']:g})")
+    p.add_argument("--weights", default="none", metavar="none|imagenet|PATH",
+                   help="initial weights (default none: random init)")
+    p.add_argument("--clahe", action="store_true",
+                   help="apply CLAHE after resizing (for raw images; kneeKL224 already has it)")
+    p.add_argument("--device", default=d["device"], metavar="auto|cpu|cuda",
+                   help="where to train (default auto: cuda when available)")
+    p.add_argument("--workers", type=int, default=d["workers"], metavar="N",
+                   help="DataLoader worker processes (default: 0 on CPU, up to 8 with a GPU)")
+    p.add_argument("--threads", type=int, default=d["threads"], metavar="N",
+                   help="torch CPU threads (default: torch's choice; 1 on a busy shared machine)")
+    p.add_argument("--limit", type=int, default=d["limit"], metavar="N",
+                   help="use at most N images per split (grade-stratified, for quick runs)")
+    p.add_argument("--disk-cache", nargs="?", const="", default=None, metavar="DIR",
+                   help="also cache preprocessed images on disk (default DIR ~/.cache/kneelib)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in RUN_DIR (no-op if it finished)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the config from the arguments and train."""
+    from kneelib.data.dataset import DecodeCache, default_cache_dir
+    from kneelib.train import train
+
+    config = TrainConfig(
+        arch=args.arch, scheme=args.scheme, seed=args.seed, epochs=args.epochs,
+        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, weights=args.weights, clahe=args.clahe, limit=args.limit,
+        device=args.device, workers=args.workers, threads=args.threads,
+    )
+    cache = None
+    if args.disk_cache is not None:
+        cache = DecodeCache(args.disk_cache or default_cache_dir())
+    out = train(config, data_dir=args.data, out_dir=args.out, resume=args.resume,
+                progress=False if args.quiet else None, verbose=not args.quiet, cache=cache)
+    if not args.quiet:
+        print(f"run written to {out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,125 @@
+"""Where and how a run executes: device choice, seeding, RNG state, versions and git commit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kneelib.errors import KneelibError
+
+__all__ = ["resolve_device", "seed_everything", "rng_state", "set_rng_state", "versions",
+           "git_commit", "default_workers", "derive_seed", "memory_format"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is a KneelibError."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise KneelibError(f"device {name!r} requested but no CUDA GPU is available (use --device cpu)")
+        return torch.device(name)
+    raise KneelibError(f"unknown device {name!r} (choose auto, cpu or cuda)")
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """Channels-last everywhere: faster on CUDA (tensor cores) and, measured, on CPU too."""
+    return torch.channels_last
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers: none on CPU (the cores train the model), a few on a GPU machine."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (e.g. the run seed and an epoch), stable across processes."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 31
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG state as tensors and primitive containers (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the packages that shape a run's numbers."""
+    import cv2
+    import torchvision
+
+    from kneelib import __version__
+
+    return {
+        "kneelib": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
+    }
+
+
+def git_commit() -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of the git tree holding the kneelib sources; ``(None, None)`` outside git."""
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True,
+                                  timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return commit, (bool(status) if status is not None else None)

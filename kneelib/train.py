@@ -1,0 +1,269 @@
+"""Fit one model: the paper's training loop, checkpoints after every epoch, exact resume.
+
+``train(config, data_dir=..., out_dir=...)`` writes a run directory (see :mod:`kneelib.checkpoint`):
+``config.json``, ``history.csv``, ``best.pt`` (best validation accuracy), ``last.pt`` (everything
+needed to resume) and ``status.json``. Each epoch's shuffling and augmentation are seeded from
+``(seed, epoch)``, so a resumed run ends with the same history and weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from kneelib import checkpoint as ckpt
+from kneelib import runtime
+from kneelib.data.dataset import DecodeCache, KneeDataset
+from kneelib.data.layout import discover, select_split
+from kneelib.data.schemes import get_scheme
+from kneelib.errors import KneelibError
+from kneelib.models.registry import build_model
+from kneelib.train_config import TrainConfig, config_mismatch, data_hash, limit_samples, run_config
+
+__all__ = ["TrainConfig", "train", "run_status"]
+
+#: Seed of the ``--limit`` subset: the same images for every run seed, so seeds stay comparable.
+LIMIT_SEED = 0
+
+
+def run_status(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``status.json`` of a run directory, or None when there is none."""
+    path = Path(out_dir) / ckpt.STATUS
+    return ckpt.read_json(path) if path.is_file() else None
+
+
+def _check_out_dir(out: Path, resume: bool) -> str:
+    """``"fresh"``, ``"resume"`` or ``"finished"``; KneelibError where a run would be clobbered."""
+    if not out.exists():
+        return "fresh"
+    if not out.is_dir():
+        raise KneelibError(f"{out}: exists and is not a directory")
+    status = run_status(out)
+    has_run = (out / ckpt.CONFIG).is_file() or (out / ckpt.LAST).is_file()
+    if status and status.get("finished"):
+        if not resume:
+            raise KneelibError(f"{out}: holds a finished run; choose another --out (or delete it)")
+        return "finished"
+    if has_run:
+        if not resume:
+            raise KneelibError(f"{out}: holds an unfinished run; pass --resume to continue it")
+        return "resume"
+    if any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise KneelibError(f"{out}: not empty and holds no kneelib run; choose an empty --out")
+    return "fresh"
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete temporary files a hard-killed process (SIGKILL) left beside the run's files."""
+    for name in (ckpt.CONFIG, ckpt.HISTORY, ckpt.BEST, ckpt.LAST, ckpt.STATUS):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _loader(dataset: KneeDataset, config: TrainConfig, *, epoch: int | None, workers: int,
+            cuda: bool) -> DataLoader:
+    """Batches in a seeded order for training (``epoch`` given) or in file order for validation."""
+    n = len(dataset)
+    generator = torch.Generator().manual_seed(runtime.derive_seed(config.seed, epoch or 0, 1))
+    if epoch is not None:
+        dataset.set_epoch(epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+    else:
+        order = list(range(n))
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=order, num_workers=workers,
+                      pin_memory=cuda, drop_last=epoch is not None and n % config.batch_size == 1,
+                      generator=generator, worker_init_fn=_worker_init, persistent_workers=False)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Workers: one thread each, python/numpy seeded from the worker's torch seed."""
+    torch.set_num_threads(1)
+    runtime.seed_everything(torch.initial_seed() % 2**63)
+
+
+def _run_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *,
+               optimizer: torch.optim.Optimizer | None, bar: bool, desc: str,
+               memory_format: torch.memory_format) -> tuple[float, float, int]:
+    """One pass; trains when ``optimizer`` is given. Returns (mean loss, accuracy, images seen).
+
+    Sums stay on the device (no host sync per batch on a GPU); CUDA runs under bf16 autocast.
+    """
+    cuda = device.type == "cuda"
+    training = optimizer is not None
+    model.train(training)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    grad = contextlib.nullcontext() if training else torch.inference_mode()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    with grad, tqdm(loader, desc=desc, leave=False, disable=not bar, unit="batch",
+                    file=sys.stderr) as batches:
+        for step, (images, targets) in enumerate(batches):
+            images = images.to(device, non_blocking=cuda, memory_format=memory_format)
+            targets = targets.to(device, non_blocking=cuda)
+            with autocast:
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), targets)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            n = targets.numel()
+            total_loss += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == targets).sum()
+            seen += n
+            if bar and step % 10 == 0:
+                batches.set_postfix(loss=f"{float(total_loss) / seen:.3f}",
+                                    acc=f"{int(correct) / seen:.1%}", refresh=False)
+    total_loss, correct = float(total_loss), int(correct)
+    return total_loss / max(seen, 1), correct / max(seen, 1), seen
+
+
+def train(config: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+          resume: bool = False, progress: bool | None = None, stop_after_epoch: int | None = None,
+          verbose: bool = True, cache: DecodeCache | None = None,
+          log: Callable[[str], None] | None = None) -> Path:
+    """Train ``config.arch`` on the train split of ``data_dir``, select on its val split.
+
+    ``resume``: continue the unfinished run in ``out_dir`` (start one if there is none; a finished
+    run is left alone). ``progress``: tqdm bars (None: only on a terminal). ``stop_after_epoch``:
+    return after that epoch as if killed (tests). ``verbose``: one summary line per epoch via
+    ``log`` (default: print). ``cache``: decode cache (default: the process-wide one).
+    ``config.threads`` applies to this call only. Returns ``out_dir``.
+    """
+    config = config.validate()
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, data_dir=Path(data_dir), out=Path(out_dir), resume=resume,
+                      progress=progress, stop_after_epoch=stop_after_epoch, verbose=verbose,
+                      cache=cache, log=log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, progress: bool | None,
+           stop_after_epoch: int | None, verbose: bool, cache: DecodeCache | None,
+           log: Callable[[str], None] | None) -> Path:
+    """:func:`train` with a validated config and the thread count set."""
+    say = (log or (lambda line: tqdm.write(line, file=sys.stdout))) if verbose else (lambda line: None)
+    bar = sys.stderr.isatty() if progress is None else bool(progress)
+    if not data_dir.exists():
+        raise KneelibError(f"{data_dir}: data directory not found")
+    state = _check_out_dir(out, resume)
+    scheme = get_scheme(config.scheme)
+    samples = discover(data_dir)
+    try:
+        splits = {name: limit_samples(select_split(samples, name), config.limit, seed=LIMIT_SEED)
+                  for name in ("train", "val")}
+    except KneelibError as exc:
+        raise KneelibError(f"{data_dir}: training needs a train and a val split ({exc})") from None
+    device = runtime.resolve_device(config.device)
+    cuda = device.type == "cuda"
+    workers = config.workers if config.workers is not None else runtime.default_workers(device)
+    commit, dirty = runtime.git_commit()
+    meta = run_config(config, scheme=scheme, data_dir=data_dir, data_hash=data_hash(splits, data_dir),
+                      device=str(device), threads=torch.get_num_threads(), workers=workers,
+                      versions=runtime.versions(), git_commit=commit, git_dirty=dirty,
+                      counts={k: len(v) for k, v in splits.items()})
+    if state in ("finished", "resume"):
+        saved = ckpt.read_json(out / ckpt.CONFIG)
+        diff = config_mismatch(saved, meta)
+        if diff:
+            raise KneelibError(f"{out}: --resume with a different configuration ({'; '.join(diff)})")
+        if state == "finished":
+            status = run_status(out) or {}
+            say(f"{out}: run already finished ({status.get('epoch')} epochs, best val acc "
+                f"{status.get('best_val_acc', 0):.1%} at epoch {status.get('best_epoch')}); nothing to do")
+            return out
+
+    if out.is_dir():
+        _remove_stale_temps(out)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    datasets = {name: KneeDataset(s, scheme, image_size=config.image_size, train=name == "train",
+                                  clahe=config.clahe, cache=cache, progress=bar, seed=config.seed)
+                for name, s in splits.items()}
+    resuming = state == "resume" and (out / ckpt.LAST).is_file()
+    runtime.seed_everything(config.seed)
+    model = build_model(config.arch, num_classes=scheme.num_classes,  # resume: last.pt has weights
+                        weights=None if resuming else config.weights, progress=bar)
+    memory_format = runtime.memory_format(device)
+    model = model.to(device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step,
+                                                gamma=config.lr_gamma)
+    start, best_acc, best_epoch, history = 0, -math.inf, None, []
+    if resuming:
+        last = ckpt.load_checkpoint(out / ckpt.LAST)
+        try:
+            model.load_state_dict(last["model"])
+            optimizer.load_state_dict(last["optimizer"])
+            scheduler.load_state_dict(last["scheduler"])
+            runtime.set_rng_state(last["rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise KneelibError(f"{out / ckpt.LAST}: does not fit this run ({exc})") from None
+        start, best_acc, best_epoch = int(last["epoch"]), float(last["best_val_acc"]), last["best_epoch"]
+        history = [row for row in ckpt.read_history(out / ckpt.HISTORY) if row["epoch"] <= start]
+        say(f"resuming {out} after epoch {start}/{config.epochs}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt.write_json(out / ckpt.CONFIG, meta)
+        ckpt.write_json(out / ckpt.STATUS, {"finished": False, "epoch": 0, "best_epoch": None,
+                                            "best_val_acc": None})
+
+    for epoch in range(start + 1, config.epochs + 1):
+        tic = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc, n_train = _run_epoch(
+            model, _loader(datasets["train"], config, epoch=epoch, workers=workers, cuda=cuda),
+            device, optimizer=optimizer, bar=bar, desc=f"epoch {epoch}/{config.epochs} train",
+            memory_format=memory_format)
+        train_seconds = time.perf_counter() - tic
+        val_loss, val_acc, _ = _run_epoch(
+            model, _loader(datasets["val"], config, epoch=None, workers=workers, cuda=cuda),
+            device, optimizer=None, bar=bar, desc=f"epoch {epoch}/{config.epochs} val",
+            memory_format=memory_format)
+        scheduler.step()
+        improved = val_acc > best_acc
+        if improved:
+            best_acc, best_epoch = val_acc, epoch
+            ckpt.save_checkpoint(_cpu_state(model), out / ckpt.BEST)
+        seconds = time.perf_counter() - tic
+        history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                        "val_loss": val_loss, "val_acc": val_acc, "seconds": round(seconds, 3)})
+        ckpt.write_history(out / ckpt.HISTORY, history)
+        ckpt.save_checkpoint({"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "epoch": epoch,
+                              "rng": runtime.rng_state(), "best_val_acc": best_acc,
+                              "best_epoch": best_epoch}, out / ckpt.LAST)
+        finished = epoch == config.epochs
+        ckpt.write_json(out / ckpt.STATUS, {"finished": finished, "epoch": epoch,
+                                            "best_epoch": best_epoch, "best_val_acc": best_acc})
+        say(f"epoch {epoch}/{config.epochs} lr {lr:.5g} train loss {train_loss:.3f} acc "
+            f"{train_acc:.1%} | val loss {val_loss:.3f} acc {val_acc:.1%} | {seconds:.1f} s, "
+            f"{n_train / max(train_seconds, 1e-9):.0f} img/s{' [best]' if improved else ''}")
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and not finished:
+            return out
+    if start >= config.epochs:  # killed after the last checkpoint but before its status.json
+        ckpt.write_json(out / ckpt.STATUS, {"finished": True, "epoch": start, "best_epoch": best_epoch,
+                                            "best_val_acc": best_acc})
+    return out
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict as contiguous CPU tensors (loadable anywhere, channels-first)."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

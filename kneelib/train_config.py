@@ -1,0 +1,165 @@
+"""The training recipe: one dataclass holding every hyperparameter default (the paper's values)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kneelib.errors import KneelibError
+
+if TYPE_CHECKING:  # heavy modules (torch, cv2) load lazily: the CLI imports this for its defaults
+    from kneelib.data.layout import Sample
+    from kneelib.data.schemes import Scheme
+
+__all__ = ["TrainConfig", "RUNTIME_FIELDS", "run_config", "config_mismatch", "data_hash",
+           "limit_samples"]
+
+#: Fields that say where a run executes, not what it computes: they may change on ``--resume``.
+RUNTIME_FIELDS = ("device", "workers", "threads")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run; the defaults are the paper's recipe.
+
+    Adam (``lr`` 1e-3, ``weight_decay`` 1e-4), batch 32, cross-entropy, the learning rate multiplied
+    by ``lr_gamma`` 0.95 every ``lr_step`` 5 epochs, 75 epochs, the paper's augmentation on the train
+    split only, the checkpoint of the best validation accuracy kept (ties keep the earlier epoch).
+    """
+
+    arch: str
+    scheme: str = "kl5"
+    seed: int = 21
+    epochs: int = 75
+    image_size: int = 224
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_step: int = 5
+    lr_gamma: float = 0.95
+    weights: str | None = None
+    clahe: bool = False
+    limit: int | None = None
+    device: str = "auto"
+    workers: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, os.PathLike):
+            object.__setattr__(self, "weights", os.fspath(self.weights))
+        if isinstance(self.weights, str) and self.weights.lower() in ("", "none"):
+            object.__setattr__(self, "weights", None)
+        elif isinstance(self.weights, str) and self.weights.lower() == "imagenet":
+            object.__setattr__(self, "weights", "imagenet")
+        elif self.weights is not None:  # a checkpoint path: absolute, so resume works from anywhere
+            object.__setattr__(self, "weights", str(Path(self.weights).expanduser().resolve()))
+
+    def validate(self) -> TrainConfig:
+        """KneelibError (one line) for an unknown arch/scheme or an out-of-range number."""
+        from kneelib.data.schemes import get_scheme
+        from kneelib.models.registry import get_spec
+
+        get_spec(self.arch)
+        get_scheme(self.scheme)
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.image_size >= 64, "image size must be at least 64"),
+            (self.batch_size >= 2, "batch size must be at least 2 (batch norm)"),
+            (self.lr > 0, "learning rate must be positive"),
+            (self.weight_decay >= 0, "weight decay must not be negative"),
+            (self.lr_step >= 1, "lr step must be at least 1"),
+            (0 < self.lr_gamma <= 1, "lr gamma must be in (0, 1]"),
+            (self.limit is None or self.limit >= 1, "limit must be at least 1"),
+            (self.workers is None or self.workers >= 0, "workers must not be negative"),
+            (self.threads is None or self.threads >= 1, "threads must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise KneelibError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields."""
+        return dataclasses.asdict(self)
+
+
+def data_hash(splits: Mapping[str, Sequence[Sample]], root: str | os.PathLike) -> str:
+    """SHA-256 over the sorted (split, relative path, size in bytes, grade) of every sample used."""
+    root = Path(root)
+    base = root if root.is_dir() else root.parent
+    rows = []
+    for split, samples in splits.items():
+        for s in samples:
+            path = Path(s.path)
+            try:
+                rel = path.resolve().relative_to(base.resolve()).as_posix()
+            except ValueError:
+                rel = path.resolve().as_posix()
+            rows.append(f"{split}\t{rel}\t{path.stat().st_size}\t{s.grade}")
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+
+
+def limit_samples(samples: Sequence[Sample], limit: int | None, *, seed: int = 0) -> list[Sample]:
+    """At most ``limit`` samples, stratified by grade (proportional), deterministic for ``seed``.
+
+    Each grade's samples are shuffled with ``seed``; every sample gets the rank fraction
+    ``(i + 0.5) / n_grade`` and the ``limit`` smallest are kept, so grades keep their proportions.
+    The result is in the original (sorted) order.
+    """
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    rng = random.Random(seed)
+    by_grade: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_grade.setdefault(s.grade, []).append(i)
+    ranked = []
+    for grade, idx in sorted(by_grade.items()):
+        rng.shuffle(idx)
+        ranked += [((r + 0.5) / len(idx), grade, i) for r, i in enumerate(idx)]
+    keep = sorted(i for _, _, i in sorted(ranked)[:limit])
+    return [samples[i] for i in keep]
+
+
+def run_config(config: TrainConfig, *, scheme: Scheme, data_dir: str | os.PathLike, data_hash: str,
+               device: str, threads: int, workers: int, versions: Mapping[str, Any],
+               git_commit: str | None, git_dirty: bool | None,
+               counts: Mapping[str, int]) -> dict[str, Any]:
+    """The ``config.json`` of a run: the config plus everything needed to reproduce or reuse it."""
+    from kneelib.data.transforms import CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID, NORMALIZE
+
+    mean, std = NORMALIZE
+    return {
+        **config.to_dict(),
+        "class_names": list(scheme.class_names),
+        "num_classes": scheme.num_classes,
+        "normalize": {"mean": mean, "std": std},
+        "clahe_params": {"clip_limit": CLAHE_CLIP_LIMIT, "tile_grid": list(CLAHE_TILE_GRID)},
+        "optimizer": "adam",
+        "loss": "cross_entropy",
+        "lr_schedule": "step",
+        "augmentation": "paper (random order: hflip, affine ±10° scale 0.9-1.1, jitter 0.33)",
+        "selection": "best val accuracy (ties keep the earlier epoch)",
+        "data_dir": str(Path(data_dir).resolve()),
+        "data_hash": data_hash,
+        "split_protocol": "given: train and val splits of the data source",
+        "counts": dict(counts),
+        "device": device,
+        "workers": workers,
+        "threads": threads,  # torch CPU threads actually used (results depend on it, bit-wise)
+        "versions": dict(versions),
+        "git_commit": git_commit,
+        "git_dirty": git_dirty,
+    }
+
+
+def config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key: saved → current`` for every hyperparameter (and the data hash) that differs."""
+    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNTIME_FIELDS]
+    keys.append("data_hash")
+    return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
