@@ -197,7 +197,6 @@ def probability_figure(predictions: pd.DataFrame, class_names: Sequence[str], *,
     labels = [_label(c) for c in class_names]
     for r, i in enumerate(rows):
         p, t = probs[i], int(true[i])
-        pred = int(np.argmax(p))
         name = Path(paths[i]).name
         if images is not None:
             img = images.get(paths[i]) if isinstance(images, Mapping) else images[i]

@@ -2,11 +2,14 @@
 
 Each (arch, scheme) group of seeds is evaluated once — every member and the seed ensemble — and cached
 as ``OUT/eval/<arch>_<scheme>/{metrics.json,predictions.csv}``. The cache is reused only while it is
-newer than every member's ``best.pt`` and was made on the same split and data directory.
+newer than every member's ``best.pt`` and was made on the same split, data directory and evaluation
+code (a fingerprint of the modules that compute predictions and metrics), so a change in how a metric is
+computed always shows in the tables.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -17,6 +20,17 @@ import pandas as pd
 
 from kneelib.errors import KneelibError
 from kneelib.evaluate import evaluate_runs, save_metrics, save_predictions
+
+
+def code_fingerprint() -> str:
+    """A hash of the source of every module that turns a checkpoint into metrics."""
+    from kneelib import evaluate, metrics
+    from kneelib.data import io, transforms
+
+    digest = hashlib.sha256()
+    for module in (evaluate, metrics, io, transforms):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def run_name(arch: str, scheme: str, seed: int) -> str:
@@ -39,7 +53,7 @@ def _cache_valid(metrics_path: Path, runs: Sequence[Path], split: str, data_dir:
         return False
     newest = max((r / "best.pt").stat().st_mtime for r in runs)
     return (metrics_path.stat().st_mtime >= newest and cached.get("split") == split
-            and cached.get("data") == data_dir
+            and cached.get("data") == data_dir and cached.get("code") == code_fingerprint()
             and sorted(cached.get("runs", {}).values()) == sorted(str(r) for r in runs))
 
 
@@ -55,6 +69,7 @@ def evaluate_group(out_dir: str | os.PathLike, data_dir: str | os.PathLike, arch
     if _cache_valid(metrics_path, runs, split, str(data_dir)) and preds_path.is_file():
         return json.loads(metrics_path.read_text()), pd.read_csv(preds_path)
     metrics, predictions = evaluate_runs(runs, data_dir, split=split, device=device, progress=progress)
+    metrics["code"] = code_fingerprint()
     save_predictions(predictions, preds_path)
     save_metrics(metrics, metrics_path)
     return json.loads(metrics_path.read_text()), predictions

@@ -15,7 +15,8 @@ from PIL import Image
 from kneelib.data import synthetic
 from kneelib.data.layout import discover
 from kneelib.data.montage import grade_examples, synthetic_vs_real_montage
-from kneelib.data.synthetic import CROP_MM, generate_dataset, plan_dataset, render_knee
+from kneelib.data.synthetic import generate_dataset, plan_dataset
+from kneelib.data.synthetic_anatomy import CROP_MM, render_knee
 from kneelib.data.synthetic_bilateral import render_bilateral
 from kneelib.errors import KneelibError
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kneelib.data.synthetic import (
+from kneelib.data.synthetic_anatomy import (
     CROP_CENTRE_Y,
     CROP_MM,
     SEVERITY_SD,
