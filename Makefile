@@ -1,6 +1,7 @@
 # kneelib — set-up and the two commands the README promises.
 #   make reproduce   create .venv, install kneelib, run the smoke profile (synthetic data, all tables/figures)
-#   make test        create .venv, install kneelib + test tools, run the test suite
+#   make test        create .venv, install kneelib + test tools, run the unit tests, then the smoke sweep
+#                    (finished runs are skipped) and nbval on the committed notebooks
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,10 +18,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests
+	$(BIN)/kneelib reproduce --profile smoke
+	$(BIN)/python -m pytest -q --nbval-lax notebooks
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 reproduce: setup
 	$(BIN)/kneelib reproduce --profile $(PROFILE)

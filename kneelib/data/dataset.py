@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -179,9 +180,11 @@ class KneeDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index]
         if self.augment is not None:
+            # On a PIL image the same v2 transforms run 2-3x faster than on a uint8 tensor.
+            pil = Image.fromarray(image[0].numpy())
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(augmentation_seed(self.seed, self.epoch, index))
-                image = self.augment(image)
+                image = torch.from_numpy(np.array(self.augment(pil))).unsqueeze(0)
         return to_tensor(image), int(self.targets[index])
 
     def class_counts(self) -> list[int]:

@@ -76,7 +76,7 @@ def to_tensor(u8: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def paper_augmentation() -> v2.Transform:
-    """The paper's train-time augmentation, in random order, for uint8 tensors ``1×S×S``.
+    """The paper's train-time augmentation, in random order (uint8 ``1×S×S`` tensors or PIL images).
 
     Horizontal flip (p=0.5), affine (rotation ±10°, scale 0.9–1.1) and colour jitter (brightness,
     contrast, saturation 0.33). Saturation is kept for fidelity to the paper's recipe; it has no effect
