@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -26,6 +25,13 @@ _TRUE_COLOR, _OTHER_COLOR, _PRED_EDGE = "#2a9d8f", "#b8c4cc", "#e76f51"
 #: metadata that would otherwise vary between saves (software version, creation dates)
 _NO_VOLATILE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None,
                                                             "CreationDate": None}, "svg": {"Date": None}}
+
+
+def _palette(n: int) -> list:
+    """``n`` colour-blind-safe colours (seaborn's palette; seaborn is imported only when needed)."""
+    import seaborn as sns
+
+    return sns.color_palette("colorblind", n)
 
 
 def _label(name: str) -> str:
@@ -73,6 +79,8 @@ def confusion_matrix_figure(metrics: Metrics, class_names: Sequence[str], *, nor
     fig = Figure(figsize=(size + 0.8, size), layout="constrained")
     ax = fig.subplots()
     labels = [_label(c) for c in class_names]
+    import seaborn as sns  # imported here: it costs ~1 s, and most callers draw no heatmap
+
     sns.heatmap(frac if normalize else cm, annot=np.asarray(annot), fmt="", cmap="Blues", square=True,
                 xticklabels=labels, yticklabels=labels, linewidths=0.5, linecolor="white", ax=ax,
                 vmin=0, vmax=1 if normalize else None,
@@ -95,7 +103,7 @@ def roc_figure(metrics: Metrics, class_names: Sequence[str], *, title: str = "RO
         raise KneelibError(f"metrics have no ROC curve for classes {missing}")
     fig = Figure(figsize=(5.6, 5.2), layout="constrained")
     ax = fig.subplots()
-    colors = sns.color_palette("colorblind", len(class_names))
+    colors = _palette(len(class_names))
     for color, name in zip(colors, class_names):
         curve = roc[name] or {}
         auc = curve.get("auc")
@@ -302,7 +310,7 @@ def se_excitation_figure(excitations: Mapping[str, np.ndarray], *, image_labels:
     nrows = math.ceil(len(arrays) / ncols)
     fig = Figure(figsize=(6.0 * ncols, 2.8 * nrows + 0.4), layout="constrained")
     axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    colors = sns.color_palette("colorblind", n_img)
+    colors = _palette(n_img)
     for ax, (name, arr) in zip(axes, arrays.items()):
         if kind == "line":
             for k, row in enumerate(arr):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kneelib.pipeline import PROFILES, get_profile, reproduce, update_committed_notebooks
+from kneelib.sweep import run_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +40,7 @@ def _run(args: argparse.Namespace) -> int:
                           jobs=args.jobs)
     layout = reproduce(profile, data=args.data, out=args.out, device=args.device, real_data=args.real_data)
     if args.update_notebooks:
-        for path in update_committed_notebooks(layout):
+        featured = run_name(profile.featured_arch, profile.featured_scheme, profile.seeds[0])
+        for path in update_committed_notebooks(layout, train_run=featured):
             print(f"updated {path}")
     return 0
