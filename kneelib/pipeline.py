@@ -59,7 +59,7 @@ PROFILES: dict[str, Profile] = {
     # Single-threaded runs, three at a time: on a 2-core machine one run's start-up (kernel, imports)
     # overlaps the others' training. Batch 8 gives the from-scratch models more steps per image seen.
     "smoke": Profile(
-        name="smoke", epochs=4, image_size=64, batch_size=8, weights="none",
+        name="smoke", epochs=3, image_size=64, batch_size=8, weights="none",
         synth_per_grade=40, synth_size=64, threads=1, jobs=3,
     ),
     # The paper's settings on a real data directory: 224 px, 75 epochs, ImageNet weights, 48 runs (GPU).
