@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -285,15 +284,7 @@ def test_with_kneelib_metrics_stats_and_evaluate_frames(tmp_path):
 
 
 def test_overhead_table_accepts_model_summaries():
-    @dataclasses.dataclass(frozen=True)
-    class Summary:  # the fields of kneelib.models.summary.ModelSummary (not imported: keeps torch out)
-        name: str
-        title: str
-        num_classes: int
-        parameters: int
-        image_size: int
-        gflops: float
-        se_blocks: int
+    from kneelib.models.summary import ModelSummary as Summary
 
     rows = [Summary("resnet18", "ResNet-18", 5, 10_000_000, 224, 2.0, 0),
             Summary("se_resnet18", "SE-ResNet-18", 5, 10_500_000, 224, 2.01, 8)]
