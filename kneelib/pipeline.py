@@ -13,7 +13,8 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,13 @@ def execute_notebook(name: str, output: Path, parameters: dict[str, Any]) -> Non
     strip_volatile_metadata(output)
 
 
+def timed_notebook(name: str, output: Path, parameters: dict[str, Any]) -> float:
+    """:func:`execute_notebook`, returning its wall time in seconds (a picklable pool task)."""
+    t0 = time.time()
+    execute_notebook(name, output, parameters)
+    return time.time() - t0
+
+
 def strip_volatile_metadata(path: Path) -> None:
     """Remove papermill timestamps and durations so executed notebooks diff cleanly."""
     import nbformat
@@ -232,9 +240,7 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
     counter = iter(range(1, total + 1))
 
     def step(name: str, output: Path, parameters: dict[str, Any]) -> None:
-        t0 = time.time()
-        execute_notebook(name, output, parameters)
-        log(f"[{next(counter)}/{total}] {output.stem}: done in {time.time() - t0:.1f} s")
+        log(f"[{next(counter)}/{total}] {output.stem}: done in {timed_notebook(name, output, parameters):.1f} s")
 
     step("01_data", layout.notebooks / "01_data.ipynb", params["01_data"])
     todo = []
@@ -245,11 +251,13 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
             log(f"[{next(counter)}/{total}] {output.stem}: finished earlier, skipped")
             continue
         todo.append((output, train_parameters(profile, layout, data_dir, arch, scheme, seed, device=device)))
-    with ThreadPoolExecutor(max_workers=max(1, profile.jobs)) as pool:
-        futures = [pool.submit(step, "03_train", output, parameters) for output, parameters in todo]
+    # Processes, not threads: papermill changes the working directory of the process it runs in.
+    with ProcessPoolExecutor(max_workers=max(1, profile.jobs), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(timed_notebook, "03_train", output, parameters): output
+                   for output, parameters in todo}
         try:
             for future in as_completed(futures):
-                future.result()
+                log(f"[{next(counter)}/{total}] {futures[future].stem}: done in {future.result():.1f} s")
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
