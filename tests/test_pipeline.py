@@ -82,3 +82,14 @@ def test_reproduce_paper_profile_needs_data(tmp_path: Path, capsys: pytest.Captu
     assert len(err) == 1 and "needs real data" in err[0]
     assert main(["reproduce", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "data directory not found" in capsys.readouterr().err
+
+
+def test_training_notebooks_can_run_in_worker_processes() -> None:
+    """The sweep runs 03_train in spawned processes: the task and its error must cross the boundary."""
+    import pickle
+
+    from kneelib.pipeline import timed_notebook
+
+    assert pickle.loads(pickle.dumps(timed_notebook)) is timed_notebook
+    err = pickle.loads(pickle.dumps(KneelibError("notebook 03_train failed in cell 4")))
+    assert isinstance(err, KneelibError) and str(err) == "notebook 03_train failed in cell 4"
