@@ -34,6 +34,7 @@ from kneelib.data.transforms import NORMALIZE, preprocess, to_tensor
 from kneelib.errors import KneelibError
 from kneelib.metrics import compute_metrics
 from kneelib.models.registry import build_model
+from kneelib.models.weights import normalize_keys
 from kneelib.runtime import resolve_device
 
 CONFIG_FILE, CHECKPOINT_FILE = CONFIG, BEST  # config.json, best.pt
@@ -99,14 +100,6 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     return config
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the ``module.`` / ``_orig_mod.`` prefixes DataParallel and torch.compile add."""
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def _check_fit(model: nn.Module, state: dict[str, Any], what: str) -> None:
     """KneelibError (one line) unless ``state`` has exactly the model's keys and shapes."""
     expected = model.state_dict()
@@ -161,7 +154,7 @@ def load_run(
         state = state["model"]  # a last.pt-style bundle
     if not isinstance(state, dict):
         raise KneelibError(f"{ckpt}: not a model state_dict")
-    state = _strip_prefixes(state)
+    state = normalize_keys(state)  # the models' one key clean-up (DataParallel prefix, old keys)
     _check_fit(model, state, f"{ckpt} does not fit the recorded architecture {config['arch']} "
                f"with {num_classes} classes")
     model.load_state_dict(state)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_transforms_dataset import make_tiny_dataset
+from fakes import make_tiny_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 

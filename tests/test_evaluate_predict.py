@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from kneelib.cli import main
-from kneelib.data.schemes import get_scheme
 from kneelib.errors import KneelibError
 from kneelib.evaluate import (
     ENSEMBLE,
@@ -23,40 +22,9 @@ from kneelib.evaluate import (
     softmax,
 )
 from kneelib.metrics import METRIC_KEYS
-from kneelib.models.registry import build_model
+from fakes import PER_GRADE, make_data, make_run
 from kneelib.predict import Predictor, predict_images
 
-PER_GRADE = 3
-
-
-def make_data(root: Path, split: str = "val", per_grade: int = PER_GRADE, size: int = 64) -> Path:
-    """``root/{split}/{0..4}/<7-digit id><L|R>.png`` random 8-bit grayscale knees (seeded)."""
-    rng = np.random.default_rng(0)
-    for grade in range(5):
-        folder = root / split / str(grade)
-        folder.mkdir(parents=True)
-        for i in range(per_grade):
-            pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"{1000000 + grade * 10 + i}{'LR'[i % 2]}.png")
-    return root
-
-
-def make_run(root: Path, name: str, *, arch: str = "resnet18", scheme: str = "kl5", image_size: int = 64,
-             clahe: bool = False, seed: int = 0, num_classes: int | None = None) -> Path:
-    """A fabricated RUN_DIR: config.json + a random-init ``best.pt`` (torch.manual_seed(seed))."""
-    sch = get_scheme(scheme)
-    run = root / name
-    run.mkdir(parents=True)
-    config = {
-        "arch": arch, "scheme": scheme, "class_names": list(sch.class_names),
-        "num_classes": sch.num_classes, "image_size": image_size, "clahe": clahe,
-        "normalize": {"mean": 0.5, "std": 0.5}, "seed": seed, "epochs": 1,
-    }
-    (run / "config.json").write_text(json.dumps(config))
-    torch.manual_seed(seed)
-    model = build_model(arch, num_classes=num_classes or sch.num_classes)
-    torch.save(model.state_dict(), run / "best.pt")
-    return run
 
 
 @pytest.fixture(scope="module")

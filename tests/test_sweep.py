@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_evaluate_predict import make_data, make_run
+from fakes import make_data, make_run
 
 from kneelib import sweep
 from kneelib.errors import KneelibError

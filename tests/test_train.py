@@ -19,7 +19,7 @@ from kneelib.models.registry import build_model
 from kneelib.train import train
 from kneelib.train_config import TrainConfig, config_mismatch, limit_samples
 
-from test_transforms_dataset import make_tiny_dataset
+from fakes import make_tiny_dataset
 
 #: Tiny and fast: 64 px, 10 train / 5 val images, batch 4; lr halves every epoch (tests the scheduler).
 TINY = dict(arch="resnet18", epochs=3, image_size=64, batch_size=4, lr_step=1, lr_gamma=0.5,

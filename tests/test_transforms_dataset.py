@@ -14,23 +14,7 @@ from kneelib.data.dataset import DecodeCache, KneeDataset
 from kneelib.data.layout import discover, select_split
 from kneelib.data.transforms import NORMALIZE, clahe, paper_augmentation, preprocess, to_tensor
 from kneelib.errors import KneelibError
-
-
-def make_tiny_dataset(root: Path, *, train_per_grade: int = 2, val_per_grade: int = 1,
-                      size: int = 80, seed: int = 0) -> Path:
-    """Random-ish grayscale PNGs in ``root/{train,val}/{0..4}/<7-digit id><L|R>.png``."""
-    rng = np.random.default_rng(seed)
-    pid = 1000001
-    for split, n in (("train", train_per_grade), ("val", val_per_grade)):
-        for grade in range(5):
-            folder = root / split / str(grade)
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                xx = np.mgrid[0:size, 0:size][1]
-                image = 40 * grade + 60 * rng.random((size, size)) + 30 * np.sin(xx / (3 + grade + i))
-                cv2.imwrite(str(folder / f"{pid}{'LR'[i % 2]}.png"), np.clip(image, 0, 255).astype(np.uint8))
-                pid += 1
-    return root
+from fakes import make_tiny_dataset
 
 
 @pytest.fixture()
