@@ -198,7 +198,15 @@ def execute_notebook(name: str, output: Path, parameters: dict[str, Any]) -> Non
 def timed_notebook(name: str, output: Path, parameters: dict[str, Any]) -> float:
     """:func:`execute_notebook`, returning its wall time in seconds (a picklable pool task)."""
     t0 = time.time()
-    execute_notebook(name, output, parameters)
+    for attempt in range(3):
+        try:
+            execute_notebook(name, output, parameters)
+            break
+        except RuntimeError as exc:
+            # Kernels started in parallel processes can draw the same free TCP port and die at start-up;
+            # a fresh start draws new ports (a training run resumes where it was).
+            if "Kernel died before replying" not in str(exc) or attempt == 2:
+                raise
     return time.time() - t0
 
 
