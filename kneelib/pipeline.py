@@ -48,6 +48,8 @@ class Profile:
     clahe: bool = False
     synth_per_grade: int = 0  # > 0: generate synthetic data when no --data is given
     synth_size: int = 224
+    synth_signs: float = 1.0  # KL sign strength of the synthetic data (1 = realistic)
+    synth_bilateral: int = 0  # synthetic bilateral radiographs for 06_predict's localisation demo
     featured_arch: str = "se_densenet121"  # the ensemble of Table 6 and Figs. 5-7
     featured_scheme: str = "kl4"
     threads: int = 0  # torch threads per run (0 = torch's default)
@@ -59,9 +61,10 @@ PROFILES: dict[str, Profile] = {
     # The README's main job: synthetic data, all 48 runs, tiny images, a few epochs, on a laptop CPU.
     # Single-threaded runs, three at a time: on a 2-core machine one run's start-up (kernel, imports)
     # overlaps the others' training. Batch 8 gives the from-scratch models more steps per image seen.
+    # At 64 px realistic KL signs are a pixel or two wide: the smoke data draws them 3x stronger.
     "smoke": Profile(
         name="smoke", epochs=3, image_size=64, batch_size=8, weights="none",
-        synth_per_grade=40, synth_size=64, threads=1, jobs=3,
+        synth_per_grade=50, synth_size=64, synth_signs=3.0, synth_bilateral=3, threads=1, jobs=3,
     ),
     # The paper's settings on a real data directory: 224 px, 75 epochs, ImageNet weights, 48 runs (GPU).
     "paper": Profile(name="paper"),
@@ -146,8 +149,18 @@ def notebook_parameters(profile: Profile, layout: Layout, data_dir: Path, *,
                        "seeds": list(profile.seeds), "featured_arch": profile.featured_arch,
                        "featured_scheme": profile.featured_scheme, "device": device,
                        "split": profile.split},
-        "06_predict": {**common, **featured},
+        "06_predict": {**common, **featured, **_bilateral_parameters(data_dir, cwd)},
     }
+
+
+def _bilateral_parameters(data_dir: Path, cwd: Path) -> dict[str, str]:
+    """06_predict's radiographs (``DATA/bilateral`` when the data has them) and the packaged localiser."""
+    from kneelib.localize import PACKAGED_LOCALIZER
+
+    folder = data_dir / "bilateral"
+    if not folder.is_dir():
+        return {"bilateral_dir": "", "localizer": ""}
+    return {"bilateral_dir": _portable(folder, cwd), "localizer": _portable(PACKAGED_LOCALIZER, cwd)}
 
 
 def train_parameters(profile: Profile, layout: Layout, data_dir: Path, arch: str, scheme: str,
@@ -286,7 +299,14 @@ def _prepare_data(profile: Profile, layout: Layout, data: str | Path | None,
         return data
     if profile.synth_per_grade <= 0:
         raise KneelibError(f"profile {profile.name!r} needs real data: pass --data DIR")
+    wanted = {"per_grade": profile.synth_per_grade, "size": profile.synth_size, "signs": profile.synth_signs,
+              "bilateral": profile.synth_bilateral}
     if (layout.data / "manifest.csv").is_file():
+        made = json.loads((layout.data / "synthetic.json").read_text())
+        differs = {k: made.get(k) for k, v in wanted.items() if made.get(k) != v}
+        if differs:
+            raise KneelibError(f"{layout.data} holds synthetic data made with {differs}, not {wanted}: "
+                               f"delete {layout.out} (or pass another --out) to start the sweep afresh")
         log(f"synthetic data: reusing {layout.data}")
         return layout.data
     from kneelib.data.synthetic import generate_dataset
@@ -295,7 +315,8 @@ def _prepare_data(profile: Profile, layout: Layout, data: str | Path | None,
         shutil.rmtree(layout.data)  # an incomplete earlier attempt
     log(f"synthetic data: generating {profile.synth_per_grade} crops per grade in {layout.data}")
     generate_dataset(layout.data, per_grade=profile.synth_per_grade, size=profile.synth_size,
-                     seed=0, progress=sys.stderr.isatty())
+                     signs=profile.synth_signs, bilateral=profile.synth_bilateral, seed=0,
+                     progress=sys.stderr.isatty())
     return layout.data
 
 

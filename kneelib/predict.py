@@ -1,10 +1,11 @@
-"""Grade new knee radiograph crops with one run or an ensemble of runs.
+"""Grade new knee radiograph crops with one run, an ensemble of runs, or an exported model.
 
 A :class:`Predictor` holds the loaded runs; each image is preprocessed the way each run recorded
 (``kneelib.data.io.read_image`` → ``kneelib.data.transforms.preprocess`` → ``to_tensor``, via
 :func:`kneelib.evaluate.forward`) and several runs are combined with the evaluation's own
-:func:`kneelib.evaluate.ensemble_probabilities`. Later extensions (bilateral localisation, heat maps,
-ONNX models) plug in as further predictor methods / sources.
+:func:`kneelib.evaluate.ensemble_probabilities`. :func:`load_grader` returns a Predictor or an
+:class:`kneelib.export.ExportedModel` (ONNX / TorchScript): both are a :class:`Grader`. Full
+bilateral radiographs go through :mod:`kneelib.bilateral`; heat maps through :mod:`kneelib.explain`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +30,21 @@ from kneelib.evaluate import (
 )
 
 
+class Grader(Protocol):
+    """What grades crops: class names, the input it expects, and probabilities for images."""
+
+    @property
+    def class_names(self) -> tuple[str, ...]: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    @property
+    def clahe(self) -> bool: ...
+
+    def probabilities(self, images: Sequence[ImageSource], **kwargs: Any) -> np.ndarray: ...
+
+
 class Predictor:
     """Loaded runs (sharing one grade scheme) that turn images into class probabilities."""
 
@@ -43,6 +59,22 @@ class Predictor:
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.scheme.class_names)
 
+    @property
+    def image_size(self) -> int:
+        """The largest input size among the runs (each run still resizes to its own)."""
+        return max(r.image_size for r in self.runs)
+
+    @property
+    def clahe(self) -> bool:
+        """True when every run applies CLAHE itself (raw crops expected)."""
+        return all(r.clahe for r in self.runs)
+
+    def heatmap(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
+        """Grad-CAM map of the predicted class (averaged over the runs) and the probabilities (C,)."""
+        from kneelib.explain import ensemble_gradcam
+
+        return ensemble_gradcam(self.runs, image)
+
     def logits(self, images: Sequence[ImageSource], *, batch_size: int = 32,
                progress: bool | None = False) -> list[np.ndarray]:
         """Each run's logits (N, C) for image paths or uint8 grayscale arrays."""
@@ -55,16 +87,32 @@ class Predictor:
 
     def predict(self, images: Sequence[ImageSource], **kwargs: Any) -> list[dict[str, Any]]:
         """``[{"image", "grade", "probabilities": {class: p}}]`` — ``grade`` is the likeliest class."""
-        probs = self.probabilities(images, **kwargs)
-        names = self.class_names
-        return [
-            {
-                "image": "<array>" if isinstance(img, np.ndarray) else str(img),
-                "grade": names[int(p.argmax())],
-                "probabilities": {name: float(p[k]) for k, name in enumerate(names)},
-            }
-            for img, p in zip(images, probs)
-        ]
+        return grade_images(self, images, **kwargs)
+
+
+def grade_record(probabilities: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """``{"grade": likeliest class, "probabilities": {class: p}}`` for one image's probabilities."""
+    return {"grade": class_names[int(np.argmax(probabilities))],
+            "probabilities": {name: float(probabilities[k]) for k, name in enumerate(class_names)}}
+
+
+def grade_images(grader: Grader, images: Sequence[ImageSource], **kwargs: Any) -> list[dict[str, Any]]:
+    """``[{"image", "grade", "probabilities"}]`` for image paths or uint8 arrays."""
+    probs = grader.probabilities(images, **kwargs)
+    return [{"image": "<array>" if isinstance(img, np.ndarray) else str(img),
+             **grade_record(p, grader.class_names)} for img, p in zip(images, probs)]
+
+
+def load_grader(*, runs: Sequence[str | os.PathLike] | None = None, model: str | os.PathLike | None = None,
+                device: str | torch.device = "auto") -> Grader:
+    """A :class:`Predictor` for ``runs``, or the exported ``model`` (ONNX/TorchScript + sidecar)."""
+    if bool(runs) == (model is not None):
+        raise KneelibError("give either run directories (--runs) or an exported model (--model), not both")
+    if model is not None:
+        from kneelib.export import ExportedModel
+
+        return ExportedModel.load(model)
+    return Predictor(list(runs or ()), device=device)
 
 
 def check_images(images: Sequence[str | os.PathLike]) -> list[Path]:

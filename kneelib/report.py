@@ -1,10 +1,12 @@
 """Tables (with the paper's numbers beside ours) and figures — the import point of the report layer.
 
-The code lives in :mod:`kneelib.report_tables` and :mod:`kneelib.report_figures`; import from here.
+The code lives in :mod:`kneelib.report_tables`, :mod:`kneelib.report_figures` and
+:mod:`kneelib.report_explain` (Grad-CAM and bilateral figures); import from here.
 Pure functions of metrics dicts, prediction/history DataFrames and arrays; the only I/O is the optional
 :func:`save_table` / :func:`save_figure` (atomic, deterministic bytes).
 """
 
+from kneelib.report_explain import bilateral_figure, explained_examples, heatmap_figure, right_and_wrong
 from kneelib.report_figures import (
     choose_examples,
     confusion_matrix_figure,
@@ -29,7 +31,8 @@ from kneelib.report_tables import (
 )
 
 __all__ = [
-    "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS",
+    "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "bilateral_figure", "explained_examples", "heatmap_figure",
+    "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "overhead_table",
     "prediction_figure", "probability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
     "se_excitation_figure", "select_model", "table1", "table6",

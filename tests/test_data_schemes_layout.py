@@ -101,7 +101,7 @@ def test_read_bad_files(tmp_path: Path, kind: str, reason: str) -> None:
 
 def test_is_image_file() -> None:
     assert is_image_file("a.png") and is_image_file("b.JPEG") and is_image_file("x/c.Jpg")
-    assert not is_image_file("notes.txt") and not is_image_file(".hidden.png") and not is_image_file("a.dcm")
+    assert not is_image_file("notes.txt") and not is_image_file(".hidden.png") and is_image_file("a.dcm")
 
 
 # --- patient ids and layouts -----------------------------------------------------------------------

@@ -98,8 +98,9 @@ def test_se_densenet_placement() -> None:
 def test_se_model_with_identity_se_is_the_plain_model(name: str) -> None:
     """SE blocks are pure insertions: with every SE made the identity, the plain network remains."""
     torch.manual_seed(0)
-    plain = build_model(name.removeprefix("se_"), num_classes=5).eval()
-    se_model = build_model(name, num_classes=5).eval()
+    # the builders' own init: build_model's from-scratch zero-init would zero every SE input
+    plain = get_spec(name.removeprefix("se_")).builder(num_classes=5).eval()
+    se_model = get_spec(name).builder(num_classes=5).eval()
     missing, unexpected = se_model.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and all(".se" in k for k in missing)
     x = torch.randn(1, 3, 64, 64)
@@ -135,7 +136,7 @@ def test_forward_shapes_224_and_64(name: str) -> None:
 @pytest.mark.parametrize("name", ["se_resnet18", "se_resnet50", "se_densenet121"])
 def test_gradients_reach_every_se_block(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(name, num_classes=5).train()
+    model = get_spec(name).builder(num_classes=5).train()  # without build_model's zero-init (see above)
     loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 3]))
     loss.backward()
     blocks = [m for m in model.modules() if isinstance(m, SqueezeExcite)]
@@ -282,3 +283,16 @@ def test_capture_excitations_returns_one_sigmoid_vector_per_se_block() -> None:
     widths = sorted({v.shape[1] for v in s.values()})
     assert widths == [64, 128, 256, 512]
     assert all(v.shape[0] == 2 and float(v.min()) >= 0 and float(v.max()) <= 1 for v in s.values())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "se_resnet50"])
+def test_from_scratch_resnets_start_each_block_as_the_identity(name: str, tmp_path: Path) -> None:
+    """weights=None: every residual branch's last BN starts at zero; loaded weights replace that."""
+    last_bn = "bn3" if "50" in name else "bn2"
+    scratch = build_model(name, num_classes=5)
+    gammas = [m.weight for n, m in scratch.named_modules() if n.endswith(last_bn)]
+    assert gammas and all(torch.count_nonzero(g) == 0 for g in gammas)
+    assert torch.count_nonzero(scratch.bn1.weight) > 0  # only the branches' last BN
+    torch.save(get_spec(name).builder(num_classes=1000).state_dict(), tmp_path / "w.pth")
+    loaded = build_model(name, num_classes=5, weights=tmp_path / "w.pth")
+    assert all(torch.count_nonzero(m.weight) > 0 for n, m in loaded.named_modules() if n.endswith(last_bn))

@@ -16,7 +16,7 @@ from kneelib import __version__
 from kneelib.errors import KneelibError
 
 #: Modules under kneelib.cli that contribute sub-commands, in help order.
-COMMAND_MODULES = ("data", "models", "train", "evaluate", "pipeline")
+COMMAND_MODULES = ("data", "models", "train", "evaluate", "predict", "localize", "export", "pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:

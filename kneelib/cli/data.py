@@ -58,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bilateral", type=int, default=0, help="also write N bilateral radiographs")
+    p.add_argument("--signs", type=float, default=1.0,
+                   help="KL sign strength: 1 realistic (default), >1 exaggerated (the smoke profile uses 3)")
     p.set_defaults(func=cmd_synth)
 
 
@@ -158,7 +160,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise KneelibError(f"synthetic data generator not available ({exc})") from None
     if args.per_grade < 1 or args.size < 64 or args.bilateral < 0:
         raise KneelibError("synth: need --per-grade >= 1, --size >= 64, --bilateral >= 0")
-    generate_dataset(args.out, per_grade=args.per_grade, size=args.size, seed=args.seed, bilateral=args.bilateral)
+    generate_dataset(args.out, per_grade=args.per_grade, size=args.size, seed=args.seed, bilateral=args.bilateral,
+                     signs=args.signs)
     print(f"wrote synthetic data set to {args.out}/")
     print(class_counts(args.out).to_string())
     return 0

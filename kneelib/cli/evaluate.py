@@ -1,21 +1,15 @@
-"""``kneelib evaluate`` (runs + ensemble on a split → metrics.json, predictions CSV) and
-``kneelib predict`` (grade image files with one run or an ensemble)."""
+"""``kneelib evaluate``: runs + ensemble on a split → metrics.json, predictions CSV."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from kneelib.errors import KneelibError
 
-#: File suffixes that mark the start of the image list in ``predict --runs RUN... IMAGE...``.
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``evaluate`` and ``predict`` sub-commands."""
+    """Add the ``evaluate`` sub-command."""
     ev = subparsers.add_parser(
         "evaluate",
         help="evaluate trained runs (and their logit-averaged ensemble) on a data split",
@@ -33,18 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     ev.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
     ev.set_defaults(func=run_evaluate)
-
-    pr = subparsers.add_parser(
-        "predict",
-        help="grade knee crops with one run or an ensemble of runs",
-        description="Print the predicted grade and every class probability for each IMAGE, using the "
-        "preprocessing the runs recorded; several runs are combined like in evaluate.",
-    )
-    pr.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR", help="training run directories")
-    pr.add_argument("images", nargs="*", metavar="IMAGE", help="knee crop images (PNG/JPEG)")
-    pr.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    pr.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    pr.set_defaults(func=run_predict)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -65,31 +47,4 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.predictions:
         save_predictions(predictions, args.predictions)
         print(f"predictions: {args.predictions}")
-    return 0
-
-
-def split_runs_and_images(runs: list[str], images: list[str]) -> tuple[list[str], list[str]]:
-    """Allow ``--runs R1 R2 IMG1 IMG2``: the run list ends at the first image-like path."""
-    if images:
-        return runs, images
-    for i, item in enumerate(runs):
-        path = Path(item)
-        if path.suffix.lower() in IMAGE_SUFFIXES or path.is_file():
-            return runs[:i], runs[i:]
-    return runs, []
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from kneelib.predict import Predictor, check_images, format_predictions
-
-    runs, images = split_runs_and_images(list(args.runs), list(args.images))
-    if not runs:
-        raise KneelibError("no run directories given (--runs RUN_DIR [RUN_DIR ...] IMAGE [IMAGE ...])")
-    paths = check_images(images)
-    predictor = Predictor(runs, device=args.device)
-    results = predictor.predict(paths, progress=None)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(format_predictions(results, predictor.class_names))
     return 0

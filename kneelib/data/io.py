@@ -2,8 +2,13 @@
 
 Supported: PNG and JPEG, 8- or 16-bit, grayscale, palette, RGB(A) or CMYK. Colour is converted to
 luma (ITU-R 601, Pillow's ``convert("L")``); 16-bit values are mapped linearly from 0-65535 to 0-255
-(``round(v / 257)``, the inverse of the usual 8-to-16-bit expansion). DICOM is a later addition:
-extend :data:`IMAGE_SUFFIXES` and :func:`decode`.
+(``round(v / 257)``, the inverse of the usual 8-to-16-bit expansion).
+
+DICOM (``.dcm``/``.dicom``, or any file with the ``DICM`` marker at byte 128) is read by
+:mod:`kneelib.data.dicom` through pydicom — modality LUT, VOI LUT/window, MONOCHROME1 inverted —
+and arrives here already as uint8. :func:`read_radiograph` also returns its pixel spacing in mm.
+Folder discovery (:func:`is_image_file`) goes by suffix only, so suffix-less DICOM files are read
+when named directly but not found in a data folder.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from kneelib.errors import KneelibError
 
 #: File suffixes (lower case) treated as images; anything else in a data folder is ignored.
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 #: Modes Pillow may return that we reduce to "L" or "RGB" before conversion.
 _TO_L = {"1", "LA", "La"}
@@ -26,8 +31,9 @@ _SIXTEEN = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
 class ImageReadError(KneelibError):
-    """A file that cannot be read as an image; ``reason`` is one of
-    ``missing``, ``empty``, ``unreadable``, ``truncated``, ``wrong-mode``."""
+    """A file that cannot be read as an image; ``reason`` is one of ``missing``, ``empty``,
+    ``unreadable``, ``truncated``, ``wrong-mode`` and, for DICOM, ``no-pixels``, ``compressed``
+    (no decoder for its transfer syntax) or ``multiframe``."""
 
     def __init__(self, path: str | os.PathLike, reason: str, detail: str) -> None:
         super().__init__(f"{path}: {detail}")
@@ -43,12 +49,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_SUFFIXES
 
 
-def decode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
-    """Decode a file fully; return ``(pixels, original_mode)``.
-
-    ``pixels`` is H×W (uint8 or uint16/int32 for 16-bit) or H×W×3 uint8 (colour).
-    Raises :class:`ImageReadError` naming the file and what is wrong with it.
-    """
+def require_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it is a non-empty readable file, else :class:`ImageReadError`."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -58,6 +60,22 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
         raise ImageReadError(path, "unreadable", f"cannot access file ({exc.strerror or exc})") from None
     if size == 0:
         raise ImageReadError(path, "empty", "empty file (0 bytes)")
+    return path
+
+
+def decode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """Decode a file fully; return ``(pixels, original_mode)``.
+
+    ``pixels`` is H×W (uint8 or uint16/int32 for 16-bit) or H×W×3 uint8 (colour). For DICOM it is
+    display-ready uint8 (H×W, or H×W×3 for RGB) and the mode is ``"DICOM <photometric>"``.
+    Raises :class:`ImageReadError` naming the file and what is wrong with it.
+    """
+    path = require_file(path)
+    from kneelib.data import dicom  # lazy: pydicom is imported only when a DICOM file is read
+
+    if dicom.is_dicom(path):
+        pixels, photometric, _ = dicom.decode_dicom(path)
+        return pixels, f"DICOM {photometric}"
     try:
         with Image.open(path) as im:
             im.load()
@@ -95,6 +113,17 @@ def to_gray_uint8(pixels: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as a uint8 H×W grayscale array (KneelibError naming the file if bad)."""
+    """Read a PNG, JPEG or DICOM file as uint8 H×W grayscale (KneelibError naming the file if bad)."""
     pixels, _ = decode(path)
     return to_gray_uint8(pixels)
+
+
+def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
+    """``(uint8 H×W, pixel spacing in mm or None)``: DICOM spacing from its header, None for PNG/JPEG."""
+    path = require_file(path)
+    from kneelib.data import dicom
+
+    if dicom.is_dicom(path):
+        image = dicom.read_dicom(path)
+        return image.pixels, image.spacing_mm
+    return read_image(path), None

@@ -82,7 +82,7 @@ def plan_dataset(per_grade: int, seed: int, ratios: Sequence[float], blur_fracti
     return [KneeJob(j, i, side, grade, split_of[i], j in blurred) for j, (i, side, grade) in enumerate(knees)]
 
 
-def render_job(job: KneeJob, *, seed: int, size: int) -> tuple[np.ndarray, float, float]:
+def render_job(job: KneeJob, *, seed: int, size: int, signs: float = 1.0) -> tuple[np.ndarray, float, float]:
     """Render one planned knee: (image, severity, narrower joint-space width in mm).
 
     Every image has its own Generator from (seed, image index); the patient's shared anatomy and
@@ -91,12 +91,13 @@ def render_job(job: KneeJob, *, seed: int, size: int) -> tuple[np.ndarray, float
     patient = sample_patient(np.random.default_rng([seed, 1, job.patient]))
     rng = np.random.default_rng([seed, 2, job.index])
     severity = float(np.clip(job.grade + rng.normal(0.0, SEVERITY_SD), -0.6, 4.8))
-    img, knee = render_knee(rng, severity, size=size, side=job.side, patient=patient, blurred=job.blurred)
+    img, knee = render_knee(rng, severity, size=size, side=job.side, patient=patient, blurred=job.blurred,
+                            signs=signs)
     return img, severity, min_jsw_mm(knee)
 
 
 def _check_args(per_grade: int, size: int, seed: int, bilateral: int, blur_fraction: float,
-                ratios: Sequence[float]) -> None:
+                ratios: Sequence[float], signs: float) -> None:
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise KneelibError(f"synthetic data: seed must be a non-negative integer, got {seed!r}")
     if not isinstance(per_grade, int | np.integer) or not 1 <= per_grade <= 1_000_000:
@@ -107,6 +108,8 @@ def _check_args(per_grade: int, size: int, seed: int, bilateral: int, blur_fract
         raise KneelibError(f"synthetic data: bilateral must be a non-negative integer, got {bilateral!r}")
     if not 0.0 <= blur_fraction <= 1.0:
         raise KneelibError(f"synthetic data: blur_fraction must be in [0, 1], got {blur_fraction!r}")
+    if not 0.5 <= signs <= 5.0:
+        raise KneelibError(f"synthetic data: signs must be in [0.5, 5] (1 = realistic), got {signs!r}")
     if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
         raise KneelibError(f"synthetic data: ratios must be 3 non-negative numbers (train > 0), got {ratios!r}")
 
@@ -120,6 +123,7 @@ def generate_dataset(
     bilateral: int = 0,
     blur_fraction: float = 0.03,
     ratios: Sequence[float] = (0.7, 0.1, 0.2),
+    signs: float = 1.0,
     progress: bool = True,
 ) -> dict:
     """Write a synthetic KL-graded data set to ``out`` and return what was written.
@@ -127,12 +131,13 @@ def generate_dataset(
     Layout as the real ``kneeKL224`` data: ``{train,val,test}/{0..4}/<7-digit id><L|R>.png``
     (8-bit grayscale, ``size`` x ``size``, CLAHE-processed), exactly ``per_grade`` knees per grade,
     both knees of a patient in the same split, plus ``manifest.csv`` (``path, grade, patient_id,
-    side, split, blurred, severity, jsw_mm``) and ``synthetic.json`` (the parameters). With
+    side, split, blurred, severity, jsw_mm``) and ``synthetic.json`` (the parameters). ``signs`` > 1
+    draws the KL signs exaggerated (see :mod:`kneelib.data.synthetic_anatomy`). With
     ``bilateral`` > 0 also ``bilateral/*.png`` full PA radiographs and ``bilateral/boxes.csv``.
     Same arguments, same bytes. The folder is built aside and renamed at the end, so a failure
     leaves nothing; an existing non-empty ``out`` is a KneelibError.
     """
-    _check_args(per_grade, size, seed, bilateral, blur_fraction, ratios)
+    _check_args(per_grade, size, seed, bilateral, blur_fraction, ratios, signs)
     t0 = time.time()
     out = Path(out)
     jobs = plan_dataset(int(per_grade), seed, ratios, blur_fraction)
@@ -143,7 +148,7 @@ def generate_dataset(
             for grade in range(5):
                 (tmp / split / str(grade)).mkdir(parents=True)
         for job in tqdm(jobs, desc="synthetic knees", unit="img", disable=not progress):
-            img, severity, jsw = render_job(job, seed=seed, size=int(size))
+            img, severity, jsw = render_job(job, seed=seed, size=int(size), signs=float(signs))
             (tmp / job.path).write_bytes(_png(img))
             counts[job.split][str(job.grade)] += 1
             rows.append((job.path, job.grade, f"{FIRST_ID + job.patient:07d}", job.side, job.split,
@@ -162,7 +167,7 @@ def generate_dataset(
                                               first_id=FIRST_ID + len({j.patient for j in jobs}))
         params = {"generator": "kneelib.data.synthetic", "per_grade": int(per_grade), "size": int(size),
                   "seed": seed, "bilateral": int(bilateral), "blur_fraction": blur_fraction,
-                  "ratios": list(ratios), "images": len(rows), "counts": counts}
+                  "ratios": list(ratios), "signs": float(signs), "images": len(rows), "counts": counts}
         (tmp / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")
     return {
         "out": out,

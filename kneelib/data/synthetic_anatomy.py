@@ -11,6 +11,10 @@ A continuous ``severity`` (grade + normal noise, sd ``SEVERITY_SD``) drives the 
 joint-space narrowing (mostly medial), marginal osteophytes and spine sharpening, subchondral
 sclerosis and, from KL3 on, condyle flattening, plateau irregularity and cysts. The signs start
 only above severity ~0.8, so KL0 and KL1 are nearly indistinguishable, as in real radiographs.
+
+``signs`` (1 = realistic) draws caricatures: osteophytes and sclerosis ``signs`` times stronger and
+the joint space ``(1 + signs) / 2`` times wider, so its narrowing spans more pixels. The smoke
+profile uses ``signs=3`` at 64 px, where realistic signs are a pixel or two wide.
 """
 
 from __future__ import annotations
@@ -94,17 +98,18 @@ def sample_patient(rng: np.random.Generator) -> dict:
     }
 
 
-def sample_knee(rng: np.random.Generator, severity: float, patient: dict | None = None) -> Knee:
-    """Draw one knee's anatomy with the radiographic signs of ``severity``."""
+def sample_knee(rng: np.random.Generator, severity: float, patient: dict | None = None, *,
+                signs: float = 1.0) -> Knee:
+    """Draw one knee's anatomy with the radiographic signs of ``severity`` (``signs``: see above)."""
     pt = patient if patient is not None else sample_patient(rng)
     sz = pt["size"] * rng.normal(1.0, 0.01)
     s = float(severity)
-    jsw = pt["jsw"] * rng.normal(1.0, 0.07)
+    jsw = pt["jsw"] * rng.normal(1.0, 0.07) * (1.0 + signs) / 2.0
     n = narrowing(s) * rng.normal(1.0, 0.08)
     n_med, n_lat = min(max(n, 0.0), 0.97), min(max(0.45 * n * rng.uniform(0.5, 1.5), 0.0), 0.9)
     if pt["lateral_dominant"]:
         n_med, n_lat = n_lat, n_med
-    ost = osteophyte_length(s) * rng.uniform(0.45, 1.3, 4) * np.array([0.8, 1.1, 0.8, 1.2])
+    ost = signs * osteophyte_length(s) * rng.uniform(0.45, 1.3, 4) * np.array([0.8, 1.1, 0.8, 1.2])
     ost *= rng.random(4) < 0.55 + 0.15 * s  # fewer sites at low severity
     dfm = deformity(s) * rng.uniform(0.6, 1.2)
     n_cysts = int(rng.poisson(2.0 * dfm))
@@ -126,7 +131,7 @@ def sample_knee(rng: np.random.Generator, severity: float, patient: dict | None 
         fib=(rng.normal(0.345, 0.015) * sz, rng.normal(0.32, 0.03) * sz, rng.uniform(0.075, 0.095) * sz),
         pat=(rng.normal(0.02, 0.03), rng.normal(-0.36, 0.04), 0.17 * sz, 0.2 * sz, rng.uniform(0.02, 0.07)),
         osteo=tuple(float(v) for v in ost),
-        scler=sclerosis(s) * rng.uniform(0.6, 1.3),
+        scler=signs * sclerosis(s) * rng.uniform(0.6, 1.3),
         deform=dfm,
         wobble=tuple((float(rng.normal()), float(rng.uniform(0, 2 * math.pi))) for _ in range(3)),
         cysts=cysts,
@@ -354,13 +359,15 @@ def render_knee(
     side: str = "R",
     patient: dict | None = None,
     blurred: bool = False,
+    signs: float = 1.0,
 ) -> tuple[np.ndarray, Knee]:
     """Render one CLAHE-processed knee-joint crop (uint8, size x size) and return its anatomy.
 
-    Left knees are mirrored. ``blurred`` applies a defocus-like Gaussian blur before CLAHE.
+    Left knees are mirrored. ``blurred`` applies a defocus-like Gaussian blur before CLAHE;
+    ``signs`` > 1 exaggerates the KL signs (see the module docstring).
     """
     patient = patient if patient is not None else sample_patient(rng)
-    k = sample_knee(rng, severity, patient)
+    k = sample_knee(rng, severity, patient, signs=signs)
     A = knee_attenuation(crop_grid(rng, size), k, rng)
     blur_px = rng.uniform(2.2, 3.5) * size / 224 if blurred else 0.0
     img = clahe(expose(A, rng, patient, blur_px=blur_px))

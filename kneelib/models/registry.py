@@ -82,19 +82,21 @@ def build_model(
 ) -> nn.Module:
     """Build ``name`` with a ``num_classes``-way head.
 
-    ``weights``: ``None`` (or ``"none"``) for random init; ``"imagenet"`` for torchvision's
-    ImageNet-1k checkpoint (from the torch hub cache, else downloaded; ``progress`` shows a bar);
-    or the path of a torchvision-format state_dict. Backbone tensors are copied, SE blocks absent
+    ``weights``: ``None`` (or ``"none"``) for random init (ResNets with ``zero_init_residual``);
+    ``"imagenet"`` for torchvision's ImageNet-1k checkpoint (from the torch hub cache, else
+    downloaded; ``progress`` shows a bar); or the path of a torchvision-format state_dict. Backbone tensors are copied, SE blocks absent
     from the checkpoint and the head keep their fresh init; the :class:`WeightsReport` is logged and
     kept as ``model.weights_report`` (``None`` without weights).
     """
     spec = get_spec(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise KneelibError(f"num_classes must be a positive integer, got {num_classes!r}")
-    model = spec.builder(num_classes=num_classes)
-    report: WeightsReport | None = None
     if isinstance(weights, str) and weights.lower() in ("", "none"):
         weights = None
+    # From scratch, ResNets start each residual block as the identity (see kneelib.models.resnet).
+    extra = {"zero_init_residual": True} if weights is None and spec.builder in resnet.BUILDERS.values() else {}
+    model = spec.builder(num_classes=num_classes, **extra)
+    report: WeightsReport | None = None
     if isinstance(weights, str) and weights.lower() == "imagenet":
         state_dict = imagenet_state_dict(spec.imagenet, progress=progress)
         report = load_backbone(model, state_dict, head=spec.head, target=name,

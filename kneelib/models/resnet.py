@@ -10,6 +10,11 @@ Reference-code details kept here: SE-ResNet-18/34 excitations have no biases (mo
 is Cadene's Caffe-style network (stride on the first 1x1 conv, ``ceil_mode`` max pool, SE layers
 pretrained on ImageNet); kneelib uses torchvision's layout (stride on the 3x3 conv) so torchvision's
 ImageNet weights fit. Parameter counts are identical either way.
+
+``zero_init_residual`` (torchvision's option; Goyal et al. 2017) starts every residual branch's last
+BN at zero, so each block begins as the identity. ``build_model`` sets it for random-init ResNets:
+from scratch, a ResNet-50 otherwise spends its first epochs recovering from exploding activations.
+Loaded weights overwrite those BN weights, so it changes nothing for pretrained models.
 """
 
 from __future__ import annotations
@@ -72,40 +77,40 @@ class SEBottleneck(Bottleneck):
 BlockType = type[BasicBlock] | type[Bottleneck]
 
 
-def _resnet(block: BlockType, layers: list[int], num_classes: int) -> ResNet:
-    model = ResNet(block, layers, num_classes=num_classes)
+def _resnet(block: BlockType, layers: list[int], num_classes: int, zero_init_residual: bool) -> ResNet:
+    model = ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
     reset_se_parameters(model)  # ResNet's init gave the SE convs a kaiming (fan-out) init
     return model
 
 
-def resnet18(*, num_classes: int = 1000) -> ResNet:
+def resnet18(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18 (basic blocks [2, 2, 2, 2])."""
-    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes)
+    return _resnet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual)
 
 
-def resnet34(*, num_classes: int = 1000) -> ResNet:
+def resnet34(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet-34 (basic blocks [3, 4, 6, 3])."""
-    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes)
+    return _resnet(BasicBlock, [3, 4, 6, 3], num_classes, zero_init_residual)
 
 
-def resnet50(*, num_classes: int = 1000) -> ResNet:
+def resnet50(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """ResNet-50 (bottleneck blocks [3, 4, 6, 3])."""
-    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes)
+    return _resnet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual)
 
 
-def se_resnet18(*, num_classes: int = 1000) -> ResNet:
+def se_resnet18(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """SE-ResNet-18: 8 SE blocks."""
-    return _resnet(SEBasicBlock, [2, 2, 2, 2], num_classes)
+    return _resnet(SEBasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual)
 
 
-def se_resnet34(*, num_classes: int = 1000) -> ResNet:
+def se_resnet34(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """SE-ResNet-34: 16 SE blocks."""
-    return _resnet(SEBasicBlock, [3, 4, 6, 3], num_classes)
+    return _resnet(SEBasicBlock, [3, 4, 6, 3], num_classes, zero_init_residual)
 
 
-def se_resnet50(*, num_classes: int = 1000) -> ResNet:
+def se_resnet50(*, num_classes: int = 1000, zero_init_residual: bool = False) -> ResNet:
     """SE-ResNet-50: 16 SE blocks."""
-    return _resnet(SEBottleneck, [3, 4, 6, 3], num_classes)
+    return _resnet(SEBottleneck, [3, 4, 6, 3], num_classes, zero_init_residual)
 
 
 #: builders by name, for the registry
