@@ -275,3 +275,17 @@ def test_cli_errors_are_one_line(case: str, data: Path, tmp_path: Path,
     assert rc == 2
     assert err.startswith("kneelib: error: ") and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    """Files written through a temp file are not left private (mkstemp's 0600): they follow the umask."""
+    import os
+
+    from kneelib.atomic import write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
