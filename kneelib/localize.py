@@ -45,8 +45,8 @@ FORMAT = "kneelib-localizer-1"
 TRAIN_STREAM, VAL_STREAM, EVAL_STREAM = 11, 12, 13
 
 
-#: The localiser shipped with kneelib: ``kneelib localize train --seed 0`` with the defaults (580 KB;
-#: training is deterministic on CPU, so the command reproduces it). Its metrics.json lies beside it.
+#: The localiser shipped with kneelib: ``kneelib localize train`` with the defaults, seed 0 (580 KB;
+#: training again gives bit-identical weights). Its metrics.json lies beside it.
 PACKAGED_LOCALIZER = Path(__file__).resolve().parent / "assets" / "localizer" / MODEL_FILE
 
 

@@ -109,3 +109,20 @@ def test_cli_predict_table_and_errors(scene: dict, tmp_path: Path, capsys: pytes
     assert not (tmp_path / "x").exists()  # nothing half-written
     assert main(["predict", "--model", str(missing), "--heatmaps", str(tmp_path), str(scene["dcm"])]) == 2
     assert "--heatmaps needs --runs" in capsys.readouterr().err
+
+
+def test_cli_predict_bilateral_with_an_exported_model(scene: dict, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """--model FILE grades both knees like the runs it was exported from."""
+    from kneelib.export import export_runs
+
+    onnx = tmp_path / "r18.onnx"
+    export_runs([scene["run"]], fmt="onnx", out=onnx)
+    args = ["--bilateral", str(scene["dcm"]), "--localizer", str(scene["localizer"]), "--json"]
+    assert main(["predict", "--model", str(onnx), "--out", str(tmp_path / "a"), *args]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert main(["predict", "--runs", str(scene["run"]), "--out", str(tmp_path / "b"), "--device", "cpu", *args]) == 0
+    reference = json.loads(capsys.readouterr().out)
+    for a, b in zip(exported["knees"], reference["knees"]):
+        assert a["box"] == b["box"] and a["grade"] == b["grade"]
+        assert list(a["probabilities"].values()) == pytest.approx(list(b["probabilities"].values()), abs=1e-4)
