@@ -7,6 +7,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from kneelib.localize import Localizer
+    from kneelib.predict import Grader, Predictor
 
 from kneelib.errors import KneelibError
 
@@ -72,7 +77,7 @@ def run_predict(args: argparse.Namespace) -> int:
         localizer = load_localizer(args.localizer)
     grader = load_grader(runs=runs, model=args.model, device=args.device)
     log = sys.stderr if args.json else sys.stdout
-    output: list[dict] = []
+    output: list[dict[str, Any]] = []
     if crops:
         results = grade_images(grader, crops)
         output += results
@@ -89,7 +94,7 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_crop_heatmaps(grader, crops: list[Path], out: Path, log) -> None:
+def _write_crop_heatmaps(grader: Predictor, crops: list[Path], out: Path, log: TextIO) -> None:
     from kneelib.data.io import read_image
     from kneelib.explain import overlay, write_overlays
 
@@ -100,7 +105,8 @@ def _write_crop_heatmaps(grader, crops: list[Path], out: Path, log) -> None:
         print(f"heat map: {written}", file=log)
 
 
-def _grade_radiograph(path: Path, grader, localizer, args: argparse.Namespace, log) -> dict:
+def _grade_radiograph(path: Path, grader: Grader, localizer: Localizer, args: argparse.Namespace,
+                      log: TextIO) -> dict[str, Any]:
     from kneelib.bilateral import grade_bilateral, write_outputs
     from kneelib.predict import format_predictions
 
