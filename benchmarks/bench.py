@@ -26,15 +26,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from kneelib import runtime
 from kneelib.atomic import write_text
 from kneelib.data.dataset import DecodeCache, KneeDataset
 from kneelib.data.layout import Sample, discover, select_split
 from kneelib.data.schemes import get_scheme
 from kneelib.errors import KneelibError
 from kneelib.models import build_model, list_models
-from kneelib.train import LIMIT_SEED, _loader, _run_epoch
-from kneelib.train_config import TrainConfig, limit_samples
+from kneelib.train import runtime
+from kneelib.train.config import TrainConfig, limit_samples
+from kneelib.train.loop import LIMIT_SEED, _loader, _run_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "kneeKL224"
@@ -76,7 +76,7 @@ def bench_arch(arch: str, *, image_size: int, batch_size: int, iters: int,
                warmup: int) -> dict[str, Any]:
     """Median images/s of kneelib's ``arch`` and its torchvision base, train step and inference."""
     base = TORCHVISION_BASE[arch]
-    fmt = runtime.memory_format(CPU)  # what kneelib.train uses; mirrored for torchvision
+    fmt = runtime.memory_format(CPU)  # what kneelib.train.loop uses; mirrored for torchvision
     runtime.seed_everything(0)
     models = {"kneelib": build_model(arch, num_classes=5).to(CPU, memory_format=fmt),
               "torchvision": getattr(torchvision.models, base)(num_classes=5).to(CPU, memory_format=fmt)}

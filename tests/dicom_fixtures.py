@@ -10,10 +10,15 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from kneelib.atomic import atomic_path
-from kneelib.data.synthetic_bilateral import render_bilateral
+from kneelib.synthetic.bilateral import render_bilateral
 
 Window = tuple[float, float]
 

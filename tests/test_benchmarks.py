@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from fakes import make_tiny_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"

@@ -8,15 +8,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from dicom_fixtures import write_bilateral_dicom
 from fakes import make_run
-from kneelib.bilateral import grade_bilateral, grading_crop, overview_image, write_outputs
+
 from kneelib.cli import main
 from kneelib.data.transforms import clahe
-from kneelib.localize import KneeBox, crop_knee
-from kneelib.localize_train import train_localizer
-from kneelib.predict import Predictor
+from kneelib.radiograph.bilateral import (
+    grade_bilateral,
+    grading_crop,
+    overview_image,
+    write_outputs,
+)
+from kneelib.radiograph.localizer import KneeBox, crop_knee
+from kneelib.radiograph.localizer_training import train_localizer
+from kneelib.serve.predict import Predictor
 
 
 class TrueBoxes:
@@ -114,7 +119,7 @@ def test_cli_predict_table_and_errors(scene: dict, tmp_path: Path, capsys: pytes
 def test_cli_predict_bilateral_with_an_exported_model(scene: dict, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     """--model FILE grades both knees like the runs it was exported from."""
-    from kneelib.export import export_runs
+    from kneelib.serve.export import export_runs
 
     onnx = tmp_path / "r18.onnx"
     export_runs([scene["run"]], fmt="onnx", out=onnx)

@@ -47,12 +47,12 @@ def test_commands_registered() -> None:
 def test_stats_real_json(real_kl224: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "stats", real_kl224, "--json")
     assert code == 0
-    assert json.loads(out) == {"train": {"0": 205, "1": 200, "2": 205, "3": 201, "4": 173},
+    assert json.loads(out) == {"train": {"0": 2286, "1": 1046, "2": 1516, "3": 757, "4": 173},
                                "val": {"0": 328, "1": 153, "2": 212, "3": 106, "4": 27}}
     code, out, _ = run(capsys, "stats", real_kl224, "--scheme", "kl4", "--json")
     assert json.loads(out)["val"] == {"0-1": 481, "2": 212, "3": 106, "4": 27}
     code, out, _ = run(capsys, "stats", real_kl224)
-    assert "984" in out and "826" in out and "1810" in out
+    assert "5778" in out and "826" in out and "6604" in out
 
 
 def test_stats_pool_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,9 +134,9 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_synth_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    synthetic = pytest.importorskip("kneelib.data.synthetic", reason="the synthetic generator is not there yet")
+    synthetic = pytest.importorskip("kneelib.synthetic.crops", reason="the synthetic generator is not there yet")
     if not hasattr(synthetic, "generate_dataset"):
-        pytest.skip("kneelib.data.synthetic.generate_dataset is not there yet")
+        pytest.skip("kneelib.synthetic.crops.generate_dataset is not there yet")
     code, out, _ = run(capsys, "synth", tmp_path / "syn", "--per-grade", "2", "--size", "64", "--seed", "1")
     assert code == 0 and "wrote synthetic data set" in out
     code, out, _ = run(capsys, "stats", tmp_path / "syn", "--json")

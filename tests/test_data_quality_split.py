@@ -14,9 +14,22 @@ import pytest
 
 from kneelib.data import discover
 from kneelib.data.layout import Sample
-from kneelib.data.quality import calibrate_blur_threshold, filter_images, read_report, write_report
-from kneelib.data.split import (exclude, grouped_split, paper_split, parse_ratios, patients_across_splits,
-                                proportions, split_samples, write_split)
+from kneelib.data.quality import (
+    calibrate_blur_threshold,
+    filter_images,
+    read_report,
+    write_report,
+)
+from kneelib.data.split import (
+    exclude,
+    grouped_split,
+    paper_split,
+    parse_ratios,
+    patients_across_splits,
+    proportions,
+    split_samples,
+    write_split,
+)
 from kneelib.data.stats import class_counts, counts_dict
 from kneelib.errors import KneelibError
 
@@ -90,7 +103,7 @@ def test_real_grouped_split(real_kl224: Path) -> None:
     assert_split_ok(out, (0.7, 0.1, 0.2))
     with pytest.raises(KneelibError, match="unknown split protocol"):
         split_samples(pooled, protocol="random")
-    assert len({s.patient_id for s in out}) == 905
+    assert len({s.patient_id for s in out}) == 3302
 
 
 def tiny_dataset(root: Path, n_patients: int = 40) -> list[Sample]:

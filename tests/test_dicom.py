@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_fixtures import write_bilateral_dicom, write_dicom
 from pydicom import uid
 
-from dicom_fixtures import write_bilateral_dicom, write_dicom
 from kneelib.data.dicom import DicomImage, is_dicom, read_dicom
-from kneelib.data.io import ImageReadError, decode, is_image_file, read_image, read_radiograph
-from kneelib.data.synthetic_bilateral import render_bilateral
+from kneelib.data.io import decode, is_image_file, read_image, read_radiograph
+from kneelib.data.pixels import ImageReadError
 from kneelib.errors import KneelibError
+from kneelib.synthetic.bilateral import render_bilateral
 
 
 def ramp(h: int = 16, w: int = 256) -> np.ndarray:

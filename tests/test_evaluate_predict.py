@@ -1,4 +1,4 @@
-"""kneelib.evaluate / kneelib.predict and their CLI on a fabricated tiny data set and fabricated runs."""
+"""kneelib.evaluate / kneelib.serve.predict and their CLI on a fabricated tiny data set and fabricated runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from fakes import PER_GRADE, make_data, make_run
 from PIL import Image
 
 from kneelib.cli import main
@@ -21,10 +22,8 @@ from kneelib.evaluate import (
     run_logits,
     softmax,
 )
-from kneelib.metrics import METRIC_KEYS
-from fakes import PER_GRADE, make_data, make_run
-from kneelib.predict import Predictor, predict_images
-
+from kneelib.evaluate.metrics import METRIC_KEYS
+from kneelib.serve.predict import Predictor, predict_images
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Grad-CAM maps (kneelib.explain) on fabricated runs of every architecture family."""
+"""Grad-CAM maps (kneelib.serve.explain) on fabricated runs of every architecture family."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from fakes import make_run
 from torchvision.models.densenet import DenseNet
 
-from fakes import make_run
-from kneelib import explain
 from kneelib.errors import KneelibError
 from kneelib.evaluate import ensemble_probabilities, forward, load_run
+from kneelib.serve import explain
 
 ARCHS = ("resnet18", "se_resnet18", "densenet121", "se_densenet121")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from kneelib.explorer import browse
+from kneelib.serve.explorer import browse
 
 
 def test_browse_shows_the_first_pick_then_each_new_one() -> None:

@@ -1,4 +1,4 @@
-"""ONNX / TorchScript export of runs and ensembles (kneelib.export) against the PyTorch Predictor."""
+"""ONNX / TorchScript export of runs and ensembles (kneelib.serve.export) against the PyTorch Predictor."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from fakes import make_run
+
 from kneelib.errors import KneelibError
-from kneelib.export import ExportedModel, export_runs, sidecar_path
-from kneelib.predict import Predictor
+from kneelib.serve.export import ExportedModel, export_runs, sidecar_path
+from kneelib.serve.predict import Predictor
 
 TOL = 1e-4
 

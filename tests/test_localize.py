@@ -11,15 +11,27 @@ import numpy as np
 import pytest
 import torch
 
-from kneelib import cli, localize
-from kneelib.data.synthetic_anatomy import CROP_MM
-from kneelib.data.synthetic_bilateral import render_bilateral
+from kneelib import cli
 from kneelib.errors import KneelibError
-from kneelib.localize import (INPUT_SIZE, Frame, KneeBox, Localizer, LocalizerNet, crop_knee, decode,
-                              default_localizer_path, evaluate_localizer, letterbox, load_localizer,
-                              localization_metrics, square_box)
-from kneelib.localize_train import METRICS_FILE, augment, train_localizer
-
+from kneelib.radiograph import localizer as localize
+from kneelib.radiograph.localizer import (
+    INPUT_SIZE,
+    Frame,
+    KneeBox,
+    Localizer,
+    LocalizerNet,
+    crop_knee,
+    decode,
+    default_localizer_path,
+    evaluate_localizer,
+    letterbox,
+    load_localizer,
+    localization_metrics,
+    square_box,
+)
+from kneelib.radiograph.localizer_training import METRICS_FILE, augment, train_localizer
+from kneelib.synthetic.anatomy import CROP_MM
+from kneelib.synthetic.bilateral import render_bilateral
 
 # ---------------------------------------------------------------- boxes and crops
 

@@ -1,4 +1,4 @@
-"""kneelib.metrics: the metric dict M against hand computations on tiny arrays."""
+"""kneelib.evaluate.metrics: the metric dict M against hand computations on tiny arrays."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from kneelib.data.schemes import get_scheme
-from kneelib.metrics import METRIC_KEYS, PER_CLASS_KEYS, _batched_qwk, bootstrap_ci, compute_metrics, qwk
+from kneelib.evaluate.metrics import (
+    METRIC_KEYS,
+    PER_CLASS_KEYS,
+    _batched_qwk,
+    bootstrap_ci,
+    compute_metrics,
+    qwk,
+)
 
 KL5 = get_scheme("kl5")
 KL4 = get_scheme("kl4")

@@ -14,7 +14,13 @@ from torch import nn
 
 from kneelib.cli import main
 from kneelib.errors import KneelibError
-from kneelib.models import SqueezeExcite, build_model, count_se_blocks, get_spec, list_models
+from kneelib.models import (
+    SqueezeExcite,
+    build_model,
+    count_se_blocks,
+    get_spec,
+    list_models,
+)
 from kneelib.models.summary import summarize
 from kneelib.models.weights import cached_checkpoint, load_backbone
 

@@ -1,4 +1,4 @@
-"""kneelib.paper (the published numbers) and kneelib.report (tables and figures) on fabricated metrics."""
+"""kneelib.report.paper (the published numbers) and kneelib.report (tables and figures) on fabricated metrics."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn import metrics as skm
 
-from kneelib import paper, report
+from kneelib import report
 from kneelib.errors import KneelibError
+from kneelib.report import paper
 
 KL4 = ("0-1", "2", "3", "4")
 KL5 = ("0", "1", "2", "3", "4")
@@ -252,7 +253,7 @@ def test_choose_examples_spans_classes_and_figure_errors(kl4_eval):
 def test_with_kneelib_metrics_stats_and_evaluate_frames(tmp_path):
     """The real producers' formats: compute_metrics' M, stats.class_counts, the long predictions frame."""
     schemes = pytest.importorskip("kneelib.data.schemes")
-    metrics = pytest.importorskip("kneelib.metrics")
+    metrics = pytest.importorskip("kneelib.evaluate.metrics")
     stats = pytest.importorskip("kneelib.data.stats")
     layout = pytest.importorskip("kneelib.data.layout")
     kl4 = schemes.get_scheme("kl4")

@@ -10,17 +10,8 @@ import pytest
 
 from kneelib.cli import main
 from kneelib.errors import KneelibError
-from kneelib.pipeline import (
-    NOTEBOOK_DIR,
-    NOTEBOOKS,
-    Layout,
-    get_profile,
-    notebook_parameters,
-    parameters_cell_names,
-    run_finished,
-    strip_volatile_metadata,
-    train_parameters,
-)
+from kneelib.pipeline import NOTEBOOK_DIR, NOTEBOOKS, Layout, get_profile, parameters_cell_names, run_finished
+from kneelib.pipeline.notebooks import notebook_parameters, strip_volatile_metadata, train_parameters
 
 
 def test_every_notebook_declares_exactly_the_parameters_reproduce_passes(tmp_path: Path) -> None:
@@ -100,14 +91,14 @@ def test_a_hung_cell_stops_the_notebook_with_a_clear_error(tmp_path: Path, monke
     """With a cell timeout, a cell that never returns fails the sweep (naming the notebook), not hangs it."""
     import nbformat
 
-    from kneelib import pipeline
+    from kneelib.pipeline import notebooks
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("import time\ntime.sleep(60)")]
     nbformat.write(nb, tmp_path / "hang.ipynb")
-    monkeypatch.setattr(pipeline, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", tmp_path)
     with pytest.raises(KneelibError, match="notebook hang: a cell ran longer than 3 s"):
-        pipeline.execute_notebook("hang", tmp_path / "out" / "hang.ipynb", {"x": 2}, timeout=3)
+        notebooks.execute_notebook("hang", tmp_path / "out" / "hang.ipynb", {"x": 2}, timeout=3)
     assert (tmp_path / "out" / "hang.ipynb").is_file()  # the partial notebook is kept

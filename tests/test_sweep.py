@@ -1,4 +1,4 @@
-"""kneelib.sweep: group evaluation with its cache, and the bridge to report.results_table."""
+"""kneelib.evaluate.sweep: group evaluation with its cache, and the bridge to report.results_table."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fakes import make_data, make_run
 
-from kneelib import sweep
 from kneelib.errors import KneelibError
+from kneelib.evaluate import sweep
 
 
 @pytest.fixture()

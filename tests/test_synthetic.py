@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kneelib.data import synthetic
+from kneelib.synthetic import crops as synthetic
 from kneelib.data.layout import discover
-from kneelib.data.montage import grade_examples, synthetic_vs_real_montage
-from kneelib.data.synthetic import generate_dataset, plan_dataset
-from kneelib.data.synthetic_anatomy import CROP_MM, render_knee
-from kneelib.data.synthetic_bilateral import render_bilateral
 from kneelib.errors import KneelibError
+from kneelib.synthetic.anatomy import CROP_MM, render_knee
+from kneelib.synthetic.bilateral import render_bilateral
+from kneelib.synthetic.crops import generate_dataset, plan_dataset
+from kneelib.synthetic.montage import grade_examples, synthetic_vs_real_montage
 
 NAME = re.compile(r"^\d{7}[LR]\.png$")
 PER_GRADE, SIZE, BLUR = 6, 64, 0.2

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakes import make_tiny_dataset
 
-from kneelib import checkpoint as ckpt
-from kneelib import runtime
 from kneelib.cli import main
 from kneelib.data.dataset import DecodeCache
 from kneelib.data.layout import discover, select_split
 from kneelib.errors import KneelibError
 from kneelib.models.registry import build_model
-from kneelib.train import train
-from kneelib.train_config import TrainConfig, config_mismatch, limit_samples
-
-from fakes import make_tiny_dataset
+from kneelib.train import checkpoint as ckpt
+from kneelib.train import runtime, train
+from kneelib.train.config import TrainConfig, config_mismatch, limit_samples
 
 #: Tiny and fast: 64 px, 10 train / 5 val images, batch 4; lr halves every epoch (tests the scheduler).
 TINY = dict(arch="resnet18", epochs=3, image_size=64, batch_size=4, lr_step=1, lr_gamma=0.5,

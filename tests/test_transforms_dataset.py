@@ -8,13 +8,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from fakes import make_tiny_dataset
 
 from kneelib.data import io as image_io
 from kneelib.data.dataset import DecodeCache, KneeDataset
 from kneelib.data.layout import discover, select_split
-from kneelib.data.transforms import NORMALIZE, clahe, paper_augmentation, preprocess, to_tensor
+from kneelib.data.transforms import (
+    NORMALIZE,
+    clahe,
+    paper_augmentation,
+    preprocess,
+    to_tensor,
+)
 from kneelib.errors import KneelibError
-from fakes import make_tiny_dataset
 
 
 @pytest.fixture()

@@ -92,8 +92,17 @@ def cmd_split(args: argparse.Namespace) -> int:
     """``kneelib split SRC OUT``."""
     from kneelib.data.layout import discover, splits_present
     from kneelib.data.quality import read_report
-    from kneelib.data.split import (DEFAULT_RATIOS, PAPER_VAL_FRACTION, check_output_location, exclude,
-                                    parse_ratios, patients_across_splits, proportions, split_samples, write_split)
+    from kneelib.data.split import (
+        DEFAULT_RATIOS,
+        PAPER_VAL_FRACTION,
+        check_output_location,
+        exclude,
+        parse_ratios,
+        patients_across_splits,
+        proportions,
+        split_samples,
+        write_split,
+    )
     from kneelib.data.stats import class_counts
 
     if args.protocol == "paper" and args.ratios is not None:
@@ -151,12 +160,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    """``kneelib synth OUT``: delegate to kneelib.data.synthetic.generate_dataset."""
+    """``kneelib synth OUT``: delegate to kneelib.synthetic.crops.generate_dataset."""
     from kneelib.data.stats import class_counts
 
     try:
-        from kneelib.data.synthetic import generate_dataset
-    except ImportError as exc:  # the generator lives in its own module (kneelib.data.synthetic)
+        from kneelib.synthetic.crops import generate_dataset
+    except ImportError as exc:  # the generator lives in its own module (kneelib.synthetic.crops)
         raise KneelibError(f"synthetic data generator not available ({exc})") from None
     if args.per_grade < 1 or args.size < 64 or args.bilateral < 0:
         raise KneelibError("synth: need --per-grade >= 1, --size >= 64, --bilateral >= 0")

@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from kneelib.errors import KneelibError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` sub-command."""
@@ -30,8 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from kneelib.evaluate import evaluate_runs, format_summary, save_metrics, save_predictions
-    from kneelib.train import run_status
+    from kneelib.evaluate import (
+        evaluate_runs,
+        format_summary,
+        save_metrics,
+        save_predictions,
+    )
+    from kneelib.train.loop import run_status
 
     metrics, predictions = evaluate_runs(
         args.run_dirs, args.data, split=args.split, device=args.device, batch_size=args.batch_size

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export and print what was written."""
     from kneelib.errors import KneelibError
-    from kneelib.export import OPSET, export_runs, sidecar_path
+    from kneelib.serve.export import OPSET, export_runs, sidecar_path
 
     fmt = args.fmt or ("torchscript" if args.out.suffix.lower() in TORCHSCRIPT_SUFFIXES else "onnx")
     if args.opset is not None and fmt != "onnx":

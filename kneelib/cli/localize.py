@@ -1,5 +1,5 @@
 """``kneelib localize``: train, evaluate and apply the knee-joint localiser for bilateral radiographs
-(thin layer over :mod:`kneelib.localize` and :mod:`kneelib.localize_train`)."""
+(thin layer over :mod:`kneelib.radiograph.localizer` and :mod:`kneelib.radiograph.localizer_training`)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``localize train``, ``localize evaluate`` and ``localize locate``."""
     import inspect
 
-    from kneelib.localize import default_localizer_path
-    from kneelib.localize_train import train_localizer
+    from kneelib.radiograph.localizer import default_localizer_path
+    from kneelib.radiograph.localizer_training import train_localizer
 
     default = default_localizer_path()
     d = {k: v.default for k, v in inspect.signature(train_localizer).parameters.items()}
@@ -83,7 +83,7 @@ def _print_metrics(metrics: dict, title: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``kneelib localize train``."""
-    from kneelib.localize_train import train_localizer
+    from kneelib.radiograph.localizer_training import train_localizer
 
     metrics = train_localizer(args.out, n_train=args.n_train, n_val=args.n_val, epochs=args.epochs,
                               seed=args.seed, threads=args.threads, overwrite=args.force,
@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``kneelib localize evaluate``."""
-    from kneelib.localize import evaluate_localizer, load_localizer
+    from kneelib.radiograph.localizer import evaluate_localizer, load_localizer
 
     localizer = load_localizer(args.model)
     metrics = evaluate_localizer(localizer, n=args.n, seed=args.seed, use_spacing=args.use_spacing,
@@ -116,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_locate(args: argparse.Namespace) -> int:
     """``kneelib localize locate IMAGE...``."""
     from kneelib.data.io import read_radiograph
-    from kneelib.localize import load_localizer
+    from kneelib.radiograph.localizer import load_localizer
 
     if args.spacing is not None and not args.spacing > 0:
         raise KneelibError(f"--spacing must be positive, got {args.spacing}")

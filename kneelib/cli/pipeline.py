@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from kneelib.pipeline import PROFILES, get_profile, reproduce, update_committed_notebooks
-from kneelib.sweep import run_name
+from kneelib.evaluate.sweep import run_name
+from kneelib.pipeline import (
+    PROFILES,
+    get_profile,
+    reproduce,
+    update_committed_notebooks,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

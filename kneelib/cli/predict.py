@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from kneelib.localize import Localizer
-    from kneelib.predict import Grader, Predictor
+    from kneelib.radiograph.localizer import Localizer
+    from kneelib.serve.predict import Grader, Predictor
 
 from kneelib.errors import KneelibError
 
@@ -58,7 +58,12 @@ def split_runs_and_images(runs: list[str], images: list[str]) -> tuple[list[str]
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from kneelib.predict import check_images, format_predictions, grade_images, load_grader
+    from kneelib.serve.predict import (
+        check_images,
+        format_predictions,
+        grade_images,
+        load_grader,
+    )
 
     runs, images = (split_runs_and_images(list(args.runs), list(args.images)) if args.runs
                     else (None, list(args.images)))
@@ -72,7 +77,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise KneelibError("no images given (IMAGE ... or --bilateral IMAGE ...)")
     localizer = None
     if radiographs:
-        from kneelib.localize import load_localizer
+        from kneelib.radiograph.localizer import load_localizer
 
         localizer = load_localizer(args.localizer)
     grader = load_grader(runs=runs, model=args.model, device=args.device)
@@ -96,7 +101,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _write_crop_heatmaps(grader: Predictor, crops: list[Path], out: Path, log: TextIO) -> None:
     from kneelib.data.io import read_image
-    from kneelib.explain import overlay, write_overlays
+    from kneelib.serve.explain import overlay, write_overlays
 
     for path in crops:
         image = read_image(path)
@@ -107,13 +112,13 @@ def _write_crop_heatmaps(grader: Predictor, crops: list[Path], out: Path, log: T
 
 def _grade_radiograph(path: Path, grader: Grader, localizer: Localizer, args: argparse.Namespace,
                       log: TextIO) -> dict[str, Any]:
-    from kneelib.bilateral import grade_bilateral, write_outputs
-    from kneelib.predict import format_predictions
+    from kneelib.radiograph.bilateral import grade_bilateral, write_outputs
+    from kneelib.serve.predict import format_predictions
 
     result = grade_bilateral(path, grader, localizer, heatmaps=bool(args.heatmaps))
     written = write_outputs(result, args.out)
     if args.heatmaps:
-        from kneelib.explain import overlay, write_overlays
+        from kneelib.serve.explain import overlay, write_overlays
 
         for knee in result.knees:
             write_overlays(args.heatmaps, [(f"{path.stem}_{knee.side}_gradcam", overlay(knee.crop, knee.heatmap))])

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from kneelib.train_config import TrainConfig
+from kneelib.train.config import TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 

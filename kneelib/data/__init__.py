@@ -1,7 +1,7 @@
 """kneelib.data: read images, label schemes, discover data layouts, filter, split and count.
 
 The torch Dataset and transforms live in ``kneelib.data.dataset`` / ``transforms`` and the synthetic
-generator in ``kneelib.data.synthetic``; they are not imported here (no torch on ``import kneelib.data``).
+generator in ``kneelib.synthetic.crops``; they are not imported here (no torch on ``import kneelib.data``).
 """
 
 from kneelib.data.io import IMAGE_SUFFIXES, read_image

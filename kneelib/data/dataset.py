@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -25,7 +25,12 @@ from kneelib.atomic import atomic_path
 from kneelib.data import io as image_io
 from kneelib.data.layout import Sample
 from kneelib.data.schemes import Scheme, get_scheme
-from kneelib.data.transforms import PREPROCESS_VERSION, paper_augmentation, preprocess, to_tensor
+from kneelib.data.transforms import (
+    PREPROCESS_VERSION,
+    paper_augmentation,
+    preprocess,
+    to_tensor,
+)
 
 __all__ = ["DecodeCache", "KneeDataset", "default_cache_dir", "shared_cache", "augmentation_seed"]
 

@@ -8,7 +8,7 @@ MONOCHROME2). The 0-255 scaling maps the VOI output range (the window's ``y_min.
 over the image, except 8-bit unsigned data without rescale, which is used as is (like an 8-bit PNG).
 
 Decisions: RGB / YBR_FULL / YBR_FULL_422 (pydicom returns RGB) are kept as colour and reduced to luma
-by :func:`kneelib.data.io.to_gray_uint8`; PALETTE COLOR and the rest are refused. Multi-frame files
+by :func:`kneelib.data.pixels.to_gray_uint8`; PALETTE COLOR and the rest are refused. Multi-frame files
 are refused (which frame is "the" radiograph is not knowable here). Compressed transfer syntaxes
 decode when pydicom has a decoder plugin (Pillow covers JPEG baseline and JPEG 2000; RLE is built
 in); otherwise the error names the syntax and the missing plugins. *Presentation LUT Shape* is
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kneelib.data.io import ImageReadError, require_file, to_gray_uint8
+from kneelib.data.pixels import ImageReadError, require_file, to_gray_uint8
 
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")

@@ -14,12 +14,12 @@ when named directly but not found in a data folder.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from kneelib.errors import KneelibError
+from kneelib.data import dicom
+from kneelib.data.pixels import ImageReadError, require_file, to_gray_uint8
 
 #: File suffixes (lower case) treated as images; anything else in a data folder is ignored.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -30,37 +30,11 @@ _TO_RGB = {"P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _SIXTEEN = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 
 
-class ImageReadError(KneelibError):
-    """A file that cannot be read as an image; ``reason`` is one of ``missing``, ``empty``,
-    ``unreadable``, ``truncated``, ``wrong-mode`` and, for DICOM, ``no-pixels``, ``compressed``
-    (no decoder for its transfer syntax) or ``multiframe``."""
-
-    def __init__(self, path: str | os.PathLike, reason: str, detail: str) -> None:
-        super().__init__(f"{path}: {detail}")
-        self.path = Path(path)
-        self.reason = reason
-        self.detail = detail
-
-
 def is_image_file(path: str | os.PathLike) -> bool:
     """True when the file name has an image suffix (case-insensitive) and is not hidden."""
     name = os.fspath(path)
     base = os.path.basename(name)
     return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_SUFFIXES
-
-
-def require_file(path: str | os.PathLike) -> Path:
-    """``path`` as a Path if it is a non-empty readable file, else :class:`ImageReadError`."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ImageReadError(path, "missing", "no such file") from None
-    except OSError as exc:
-        raise ImageReadError(path, "unreadable", f"cannot access file ({exc.strerror or exc})") from None
-    if size == 0:
-        raise ImageReadError(path, "empty", "empty file (0 bytes)")
-    return path
 
 
 def decode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
@@ -71,8 +45,6 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     Raises :class:`ImageReadError` naming the file and what is wrong with it.
     """
     path = require_file(path)
-    from kneelib.data import dicom  # lazy: pydicom is imported only when a DICOM file is read
-
     if dicom.is_dicom(path):
         pixels, photometric, _ = dicom.decode_dicom(path)
         return pixels, f"DICOM {photometric}"
@@ -101,17 +73,6 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     return pixels, mode
 
 
-def to_gray_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Convert decoded pixels to H×W uint8: luma for colour, linear 16-to-8-bit scaling."""
-    if pixels.ndim == 3:
-        rgb = np.ascontiguousarray(pixels[..., :3], dtype=np.uint8)
-        return np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
-    if pixels.dtype == np.uint8:
-        return np.ascontiguousarray(pixels)
-    wide = np.clip(pixels.astype(np.int64), 0, 65535)
-    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
-
-
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a PNG, JPEG or DICOM file as uint8 H×W grayscale (KneelibError naming the file if bad)."""
     pixels, _ = decode(path)
@@ -121,8 +82,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, float | None]:
     """``(uint8 H×W, pixel spacing in mm or None)``: DICOM spacing from its header, None for PNG/JPEG."""
     path = require_file(path)
-    from kneelib.data import dicom
-
     if dicom.is_dicom(path):
         image = dicom.read_dicom(path)
         return image.pixels, image.spacing_mm

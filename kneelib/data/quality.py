@@ -31,8 +31,9 @@ import numpy as np
 from tqdm import tqdm
 
 from kneelib.atomic import atomic_path, write_text
-from kneelib.data.io import ImageReadError, decode, is_image_file, to_gray_uint8
+from kneelib.data.io import decode, is_image_file
 from kneelib.data.layout import discover
+from kneelib.data.pixels import ImageReadError, to_gray_uint8
 from kneelib.errors import KneelibError
 
 MIN_SIZE = 64  #: images with a side shorter than this (px) are "tiny"

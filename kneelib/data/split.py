@@ -91,7 +91,9 @@ def paper_split(samples: Sequence[Sample], seed: int = 42,
     pool = sorted((s for s in samples if s.split != "test"), key=lambda s: (s.grade, str(s.path)))
     if len(pool) < 2:
         raise KneelibError("paper protocol: need at least two train/val images to re-split")
-    from sklearn.model_selection import train_test_split  # imported here: sklearn is slow to import
+    from sklearn.model_selection import (
+        train_test_split,  # imported here: sklearn is slow to import
+    )
     try:
         train_idx, val_idx = train_test_split(np.arange(len(pool)), test_size=val_fraction,
                                               stratify=[s.grade for s in pool], random_state=seed)

@@ -22,7 +22,12 @@ from torchvision.models import (
 
 from kneelib.errors import KneelibError
 from kneelib.models import densenet, resnet
-from kneelib.models.weights import WeightsReport, imagenet_state_dict, load_backbone, read_state_dict
+from kneelib.models.weights import (
+    WeightsReport,
+    imagenet_state_dict,
+    load_backbone,
+    read_state_dict,
+)
 
 __all__ = ["ModelSpec", "build_model", "get_spec", "list_models"]
 

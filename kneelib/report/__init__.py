@@ -1,13 +1,18 @@
 """Tables (with the paper's numbers beside ours) and figures — the import point of the report layer.
 
-The code lives in :mod:`kneelib.report_tables`, :mod:`kneelib.report_figures` and
-:mod:`kneelib.report_explain` (Grad-CAM and bilateral figures); import from here.
+The code lives in :mod:`kneelib.report.tables`, :mod:`kneelib.report.figures` and
+:mod:`kneelib.report.explain` (Grad-CAM and bilateral figures); import from here.
 Pure functions of metrics dicts, prediction/history DataFrames and arrays; the only I/O is the optional
 :func:`save_table` / :func:`save_figure` (atomic, deterministic bytes).
 """
 
-from kneelib.report_explain import bilateral_figure, explained_examples, heatmap_figure, right_and_wrong
-from kneelib.report_figures import (
+from kneelib.report.explain import (
+    bilateral_figure,
+    explained_examples,
+    heatmap_figure,
+    right_and_wrong,
+)
+from kneelib.report.figures import (
     choose_examples,
     confusion_matrix_figure,
     learning_curves_figure,
@@ -18,7 +23,7 @@ from kneelib.report_figures import (
     se_excitation_figure,
     select_model,
 )
-from kneelib.report_tables import (
+from kneelib.report.tables import (
     RESULT_COLUMNS,
     RESULT_SUMMARY_COLUMNS,
     format_table,

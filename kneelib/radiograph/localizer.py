@@ -7,8 +7,8 @@ side as a fraction of the input width. :meth:`Localizer.locate` maps these back 
 a square box per knee, side ``CROP_MM / spacing_mm`` pixels when the pixel spacing is known, else
 the predicted side. PA convention: the knee on the image's LEFT is the patient's right ("R").
 
-Training (on synthetic radiographs from :func:`~kneelib.data.synthetic_bilateral.render_bilateral`)
-lives in :mod:`kneelib.localize_train`; this module holds the model, inference and the metrics.
+Training (on synthetic radiographs from :func:`~kneelib.synthetic.bilateral.render_bilateral`)
+lives in :mod:`kneelib.radiograph.localizer_training`; this module holds the model, inference and the metrics.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation, box_iou
 
-from kneelib.checkpoint import load_checkpoint
-from kneelib.data.synthetic_anatomy import CROP_MM
 from kneelib.errors import KneelibError
+from kneelib.synthetic.anatomy import CROP_MM
+from kneelib.train.checkpoint import load_checkpoint
 
 __all__ = ["KneeBox", "Localizer", "LocalizerNet", "crop_knee", "default_localizer_path", "load_localizer",
            "evaluate_localizer", "localization_metrics", "sample_scene", "letterbox", "Frame",
@@ -230,7 +230,7 @@ class Localizer:
 
 
 def load_localizer(path: str | os.PathLike | None = None) -> Localizer:
-    """The localiser saved by :func:`~kneelib.localize_train.train_localizer`; KneelibError naming the
+    """The localiser saved by :func:`~kneelib.radiograph.localizer_training.train_localizer`; KneelibError naming the
     file if missing or not a localiser. Default: the one trained into the cache
     (:func:`default_localizer_path`), else the packaged :data:`PACKAGED_LOCALIZER`."""
     if path is None:
@@ -320,7 +320,7 @@ def evaluate_localizer(localizer: Localizer, *, n: int = 200, seed: int = 1000, 
     ``use_spacing``: give :meth:`Localizer.locate` the true pixel spacing (box side then exact)."""
     from tqdm.auto import tqdm
 
-    from kneelib.data.synthetic_bilateral import render_bilateral
+    from kneelib.synthetic.bilateral import render_bilateral
 
     if n < 1:
         raise KneelibError(f"evaluate: need at least one radiograph, got n={n}")

@@ -4,8 +4,8 @@
 patient-grouped 7:1:2 split, both knees per synthetic patient) plus ``manifest.csv`` with each
 crop's hidden ``severity`` and joint-space width. Left knees are the mirror image of right knees,
 as in the real data set (its L crops are not flipped to look like R crops). The crops themselves
-come from :mod:`kneelib.data.synthetic_anatomy`; full bilateral radiographs with their knee boxes
-from :mod:`kneelib.data.synthetic_bilateral`.
+come from :mod:`kneelib.synthetic.anatomy`; full bilateral radiographs with their knee boxes
+from :mod:`kneelib.synthetic.bilateral`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from kneelib.atomic import atomic_dir
-from kneelib.data.synthetic_anatomy import (
+from kneelib.errors import KneelibError
+from kneelib.synthetic.anatomy import (
     SEVERITY_SD,
     min_jsw_mm,
     render_knee,
     sample_patient,
 )
-from kneelib.errors import KneelibError
 
 SPLITS = ("train", "val", "test")
 FIRST_ID = 1_000_000  # synthetic patient ids are 7 digits from here (real OAI ids are 9xxxxxx)
@@ -132,7 +132,7 @@ def generate_dataset(
     (8-bit grayscale, ``size`` x ``size``, CLAHE-processed), exactly ``per_grade`` knees per grade,
     both knees of a patient in the same split, plus ``manifest.csv`` (``path, grade, patient_id,
     side, split, blurred, severity, jsw_mm``) and ``synthetic.json`` (the parameters). ``signs`` > 1
-    draws the KL signs exaggerated (see :mod:`kneelib.data.synthetic_anatomy`). With
+    draws the KL signs exaggerated (see :mod:`kneelib.synthetic.anatomy`). With
     ``bilateral`` > 0 also ``bilateral/*.png`` full PA radiographs and ``bilateral/boxes.csv``.
     Same arguments, same bytes. The folder is built aside and renamed at the end, so a failure
     leaves nothing; an existing non-empty ``out`` is a KneelibError.
@@ -161,11 +161,11 @@ def generate_dataset(
         (tmp / "manifest.csv").write_text(buf.getvalue())
         bilateral_paths = []
         if bilateral:
-            from kneelib.data.synthetic_bilateral import write_bilateral
+            from kneelib.synthetic.bilateral import write_bilateral
 
             bilateral_paths = write_bilateral(tmp / "bilateral", bilateral, seed=seed,
                                               first_id=FIRST_ID + len({j.patient for j in jobs}))
-        params = {"generator": "kneelib.data.synthetic", "per_grade": int(per_grade), "size": int(size),
+        params = {"generator": "kneelib.synthetic.crops", "per_grade": int(per_grade), "size": int(size),
                   "seed": seed, "bilateral": int(bilateral), "blur_fraction": blur_fraction,
                   "ratios": list(ratios), "signs": float(signs), "images": len(rows), "counts": counts}
         (tmp / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")

@@ -19,16 +19,16 @@ from typing import Any
 import pandas as pd
 
 from kneelib.errors import KneelibError
-from kneelib.evaluate import evaluate_runs, save_metrics, save_predictions
+from kneelib.evaluate.evaluation import evaluate_runs, save_metrics, save_predictions
 
 
 def code_fingerprint() -> str:
     """A hash of the source of every module that turns a checkpoint into metrics."""
-    from kneelib import evaluate, metrics
-    from kneelib.data import io, transforms
+    from kneelib.data import dicom, io, pixels, transforms
+    from kneelib.evaluate import ensemble, evaluation, metrics, runs
 
     digest = hashlib.sha256()
-    for module in (evaluate, metrics, io, transforms):
+    for module in (runs, ensemble, evaluation, metrics, io, pixels, dicom, transforms):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

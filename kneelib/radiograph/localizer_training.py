@@ -1,7 +1,7 @@
-"""Train the knee localiser (:mod:`kneelib.localize`) on synthetic bilateral radiographs.
+"""Train the knee localiser (:mod:`kneelib.radiograph.localizer`) on synthetic bilateral radiographs.
 
-Radiographs come from :func:`~kneelib.data.synthetic_bilateral.render_bilateral` with random size,
-aspect and pixel spacing (:func:`~kneelib.localize.sample_scene`); each is rendered once, shrunk to
+Radiographs come from :func:`~kneelib.synthetic.bilateral.render_bilateral` with random size,
+aspect and pixel spacing (:func:`~kneelib.radiograph.localizer.sample_scene`); each is rendered once, shrunk to
 fit the network input and kept in memory. Every epoch sees them again under a light augmentation:
 gamma, contrast, brightness, blur and noise, then a random scale (0.85-1.15), shift (up to 8 %) and
 left-right flip (which swaps the knees). The validation radiographs come from another random
@@ -25,11 +25,25 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from kneelib import runtime
-from kneelib.checkpoint import save_checkpoint, write_json
 from kneelib.errors import KneelibError
-from kneelib.localize import (FORMAT, INPUT_SIZE, MODEL_FILE, TRAIN_STREAM, VAL_STREAM, WIDTHS, Frame, Localizer,
-                              LocalizerNet, decode, localization_metrics, normalise, resize_to_fit, sample_scene)
+from kneelib.radiograph.localizer import (
+    FORMAT,
+    INPUT_SIZE,
+    MODEL_FILE,
+    TRAIN_STREAM,
+    VAL_STREAM,
+    WIDTHS,
+    Frame,
+    Localizer,
+    LocalizerNet,
+    decode,
+    localization_metrics,
+    normalise,
+    resize_to_fit,
+    sample_scene,
+)
+from kneelib.train import runtime
+from kneelib.train.checkpoint import save_checkpoint, write_json
 
 __all__ = ["train_localizer", "SceneSet", "make_scenes", "augment", "METRICS_FILE"]
 
@@ -57,7 +71,7 @@ class SceneSet:
 def make_scenes(n: int, *, seed: int, stream: int, size: tuple[int, int] = INPUT_SIZE,
                 progress: bool = False, desc: str = "render") -> SceneSet:
     """``n`` synthetic radiographs, image ``i`` drawn from ``default_rng([seed, stream, i])``."""
-    from kneelib.data.synthetic_bilateral import render_bilateral
+    from kneelib.synthetic.bilateral import render_bilateral
 
     images, frames, targets, boxes, spacings = [], [], [], [], []
     for i in tqdm(range(n), desc=desc, unit="img", disable=not progress, leave=False, file=sys.stderr):
@@ -140,7 +154,7 @@ def train_localizer(out_dir: str | os.PathLike, *, n_train: int = 500, n_val: in
 
     ``image_size``: network input (height, width). ``threads``: torch threads for this call.
     Returns the metrics written to ``metrics.json``: ``val`` (held-out validation metrics of the kept
-    weights, see :func:`~kneelib.localize.localization_metrics`), ``best_epoch``, timings, history.
+    weights, see :func:`~kneelib.radiograph.localizer.localization_metrics`), ``best_epoch``, timings, history.
     """
     size = (int(image_size[0]), int(image_size[1]))
     if n_train < 1 or n_val < 1 or epochs < 1 or batch_size < 1:

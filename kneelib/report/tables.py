@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kneelib import paper
 from kneelib.atomic import write_text
 from kneelib.errors import KneelibError
+from kneelib.report import paper
 
 Metrics = Mapping[str, Any]  # the contract's metrics dict ``M``
 
@@ -33,7 +33,9 @@ def _scheme_obj(scheme: Any) -> Any:
     """A Scheme object from a name (via :mod:`kneelib.data.schemes`) or a ready scheme-like object."""
     if not isinstance(scheme, str):
         return scheme
-    from kneelib.data.schemes import get_scheme  # report sits above data; imported on use
+    from kneelib.data.schemes import (
+        get_scheme,  # report sits above data; imported on use
+    )
 
     return get_scheme(scheme)
 

@@ -4,8 +4,8 @@ A :class:`Predictor` holds the loaded runs; each image is preprocessed the way e
 (``kneelib.data.io.read_image`` → ``kneelib.data.transforms.preprocess`` → ``to_tensor``, via
 :func:`kneelib.evaluate.forward`) and several runs are combined with the evaluation's own
 :func:`kneelib.evaluate.ensemble_probabilities`. :func:`load_grader` returns a Predictor or an
-:class:`kneelib.export.ExportedModel` (ONNX / TorchScript): both are a :class:`Grader`. Full
-bilateral radiographs go through :mod:`kneelib.bilateral`; heat maps through :mod:`kneelib.explain`.
+:class:`kneelib.serve.export.ExportedModel` (ONNX / TorchScript): both are a :class:`Grader`. Full
+bilateral radiographs go through :mod:`kneelib.radiograph.bilateral`; heat maps through :mod:`kneelib.serve.explain`.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Predictor:
 
     def heatmap(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
         """Grad-CAM map of the predicted class (averaged over the runs) and the probabilities (C,)."""
-        from kneelib.explain import ensemble_gradcam
+        from kneelib.serve.explain import ensemble_gradcam
 
         return ensemble_gradcam(self.runs, image)
 
@@ -109,7 +109,7 @@ def load_grader(*, runs: Sequence[str | os.PathLike] | None = None, model: str |
     if bool(runs) == (model is not None):
         raise KneelibError("give either run directories (--runs) or an exported model (--model), not both")
     if model is not None:
-        from kneelib.export import ExportedModel
+        from kneelib.serve.export import ExportedModel
 
         return ExportedModel.load(model)
     return Predictor(list(runs or ()), device=device)

@@ -1,7 +1,7 @@
 """Figures for explanations and new radiographs: Grad-CAM examples, a graded bilateral radiograph.
 
-Pure functions of arrays, prediction frames and :class:`kneelib.bilateral.BilateralResult` objects
-(imported from :mod:`kneelib.report`). The maps come from :mod:`kneelib.explain`.
+Pure functions of arrays, prediction frames and :class:`kneelib.radiograph.bilateral.BilateralResult` objects
+(imported from :mod:`kneelib.report`). The maps come from :mod:`kneelib.serve.explain`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from kneelib.errors import KneelibError
-from kneelib.report_figures import _class_index, _freeze, _label, _probability_bars, select_model
+from kneelib.report.figures import (
+    _class_index,
+    _freeze,
+    _label,
+    _probability_bars,
+    select_model,
+)
 
 
 def right_and_wrong(predictions: pd.DataFrame, class_names: Sequence[str], *, n_right: int = 3,
@@ -37,7 +43,7 @@ def right_and_wrong(predictions: pd.DataFrame, class_names: Sequence[str], *, n_
 def heatmap_figure(images: Sequence[np.ndarray], maps: Sequence[np.ndarray], titles: Sequence[str], *,
                    title: str = "Grad-CAM: where the ensemble looked") -> Figure:
     """A column per example: the crop above its Grad-CAM overlay (JET, red = most evidence)."""
-    from kneelib.explain import overlay
+    from kneelib.serve.explain import overlay
 
     if not images or not (len(images) == len(maps) == len(titles)):
         raise KneelibError("heatmap_figure needs as many maps and titles as images (at least one)")
@@ -70,8 +76,8 @@ def explained_examples(predictor: Any, predictions: pd.DataFrame, class_names: S
 def bilateral_figure(result: Any, class_names: Sequence[str]) -> Figure:
     """A graded bilateral radiograph: the overview with boxes, then per knee its crop, heat map (if
     computed) and probability bars."""
-    from kneelib.bilateral import overview_image
-    from kneelib.explain import overlay
+    from kneelib.radiograph.bilateral import overview_image
+    from kneelib.serve.explain import overlay
 
     knees = list(result.knees)
     with_maps = all(k.heatmap is not None for k in knees)

@@ -2,7 +2,7 @@
 
 Both knees of one synthetic patient, femur and tibia shafts, soft tissue and air background, in
 the PA display convention: the patient's right knee on the image's LEFT. The anatomy is the one
-of :mod:`kneelib.data.synthetic` (the right knee drawn as is, the left one mirrored), so a box
+of :mod:`kneelib.synthetic.crops` (the right knee drawn as is, the left one mirrored), so a box
 cropped out, resized to 224 px and CLAHE-processed looks like a training crop. The image is the
 raw radiograph: no CLAHE.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kneelib.data.synthetic_anatomy import (
+from kneelib.synthetic.anatomy import (
     CROP_CENTRE_Y,
     CROP_MM,
     SEVERITY_SD,

@@ -1,6 +1,6 @@
 """Fit one model: the paper's training loop, checkpoints after every epoch, exact resume.
 
-``train(config, data_dir=..., out_dir=...)`` writes a run directory (see :mod:`kneelib.checkpoint`):
+``train(config, data_dir=..., out_dir=...)`` writes a run directory (see :mod:`kneelib.train.checkpoint`):
 ``config.json``, ``history.csv``, ``best.pt`` (best validation accuracy), ``last.pt`` (everything
 needed to resume) and ``status.json``. Each epoch's shuffling and augmentation are seeded from
 ``(seed, epoch)``, so a resumed run ends with the same history and weights as an uninterrupted one.
@@ -23,14 +23,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kneelib import checkpoint as ckpt
-from kneelib import runtime
 from kneelib.data.dataset import DecodeCache, KneeDataset
 from kneelib.data.layout import discover, select_split
 from kneelib.data.schemes import get_scheme
 from kneelib.errors import KneelibError
 from kneelib.models.registry import build_model
-from kneelib.train_config import TrainConfig, config_mismatch, data_hash, limit_samples, run_config
+from kneelib.train import checkpoint as ckpt
+from kneelib.train import runtime
+from kneelib.train.config import (
+    TrainConfig,
+    config_mismatch,
+    data_hash,
+    limit_samples,
+    run_config,
+)
 
 __all__ = ["TrainConfig", "train", "run_status"]
 

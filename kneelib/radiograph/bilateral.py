@@ -2,11 +2,11 @@
 
 :func:`grade_bilateral` reads the radiograph (PNG/JPEG/DICOM via :func:`kneelib.data.io.read_radiograph`,
 with its pixel spacing when the file has one), finds both knee joints with a
-:class:`kneelib.localize.Localizer`, turns each box into a crop like the training data and grades it
-with any :class:`kneelib.predict.Grader` (runs or an exported model).
+:class:`kneelib.radiograph.localizer.Localizer`, turns each box into a crop like the training data and grades it
+with any :class:`kneelib.serve.predict.Grader` (runs or an exported model).
 
 Crops follow the data set's convention: the Chen 2018 / OAI crops are **not** mirrored (a left knee
-keeps its fibula on the image's right; see :mod:`kneelib.data.synthetic`), so neither are ours. Each
+keeps its fibula on the image's right; see :mod:`kneelib.synthetic.crops`), so neither are ours. Each
 crop is resized to the grader's input size and CLAHE-processed (clip 5, 8x8 tiles) the way the
 ``kneeKL224`` crops were, unless the grader applies CLAHE itself.
 """
@@ -23,8 +23,8 @@ import numpy as np
 
 from kneelib.data.io import read_radiograph
 from kneelib.data.transforms import clahe
-from kneelib.localize import KneeBox, Localizer, crop_knee
-from kneelib.predict import Grader, grade_record
+from kneelib.radiograph.localizer import KneeBox, Localizer, crop_knee
+from kneelib.serve.predict import Grader, grade_record
 
 #: Box colours (RGB) per side in the overview image.
 SIDE_COLOURS = {"R": (255, 64, 64), "L": (64, 160, 255)}

@@ -1,18 +1,16 @@
-"""Evaluate trained runs (and their ensemble) on a data split: predictions, metrics, summary.
+"""Load trained runs and run them over images: the inference half of evaluation.
 
-A run directory (written by :mod:`kneelib.train`) records its architecture, grade scheme and
+A run directory (written by :mod:`kneelib.train.loop`) records its architecture, grade scheme and
 preprocessing in ``config.json`` and its best weights in ``best.pt``. :func:`load_run` rebuilds the
 model from that record; :func:`forward` runs several runs over the same images, decoding each image
 once and preprocessing it once per distinct (image size, CLAHE) pair, with
 :func:`kneelib.data.transforms.preprocess` — the one preprocessing function training used.
-The ensemble is the paper's: the unweighted mean of the members' logits, then softmax
-(:func:`ensemble_probabilities`). Metrics come from :func:`kneelib.metrics.compute_metrics`.
+The ensemble arithmetic is in :mod:`kneelib.evaluate.ensemble`, metrics documents in
+:mod:`kneelib.evaluate.evaluation`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,27 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kneelib import atomic
-from kneelib.checkpoint import BEST, CONFIG, load_checkpoint, read_json
 from kneelib.data.io import read_image
-from kneelib.data.layout import discover, select_split, splits_present
 from kneelib.data.schemes import Scheme, get_scheme
 from kneelib.data.transforms import NORMALIZE, preprocess, to_tensor
 from kneelib.errors import KneelibError
-from kneelib.metrics import compute_metrics
 from kneelib.models.registry import build_model
 from kneelib.models.weights import normalize_keys
-from kneelib.runtime import resolve_device
+from kneelib.train.checkpoint import BEST, CONFIG, load_checkpoint, read_json
+from kneelib.train.runtime import resolve_device
 
 CONFIG_FILE, CHECKPOINT_FILE = CONFIG, BEST  # config.json, best.pt
 ENSEMBLE = "ensemble"
-#: ``--split all`` evaluates every discovered sample (a pool or manifest without splits).
-ALL_SPLITS = "all"
 
 #: An image to grade: a path read with :func:`kneelib.data.io.read_image`, or a uint8 grayscale array.
 ImageSource = str | os.PathLike | np.ndarray
@@ -75,7 +67,7 @@ class LoadedRun:
 
 
 def as_device(device: str | torch.device = "auto") -> torch.device:
-    """A torch device from ``auto``/``cpu``/``cuda`` (see :func:`kneelib.runtime.resolve_device`)."""
+    """A torch device from ``auto``/``cpu``/``cuda`` (see :func:`kneelib.train.runtime.resolve_device`)."""
     return device if isinstance(device, torch.device) else resolve_device(device)
 
 
@@ -257,139 +249,3 @@ def run_logits(run: LoadedRun, sources: Iterable[Any], **kwargs: Any) -> np.ndar
     """Logits (N, C) of one run for samples (``.path``), image paths or grayscale arrays."""
     items = [getattr(s, "path", s) for s in sources]
     return forward([run], items, **kwargs)[0]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (numerically stable)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def ensemble_probabilities(logits_list: Sequence[np.ndarray]) -> np.ndarray:
-    """The paper's ensemble: softmax of the unweighted mean of the members' logits (N, C)."""
-    if len(logits_list) == 0:
-        raise ValueError("no logits to ensemble")
-    stacked = np.stack([np.asarray(x, dtype=np.float64) for x in logits_list])
-    return softmax(stacked.mean(axis=0))
-
-
-def _split_samples(data_dir: str | os.PathLike, split: str) -> list:
-    samples = discover(data_dir)
-    if split == ALL_SPLITS:
-        chosen = list(samples)
-    else:
-        present = [s for s in splits_present(samples) if s]
-        if split not in present:
-            listed = ", ".join(present) if present else "none (a pool without splits; use --split all)"
-            raise KneelibError(f"{data_dir}: no '{split}' split (splits present: {listed})")
-        chosen = select_split(samples, split)
-    if not chosen:
-        raise KneelibError(f"{data_dir}: no images in split '{split}'")
-    return chosen
-
-
-def _prediction_frame(
-    model: str, samples: Sequence[Any], y_true: np.ndarray, probs: np.ndarray, names: Sequence[str]
-) -> pd.DataFrame:
-    frame = pd.DataFrame(
-        {
-            "model": model,
-            "path": [str(s.path) for s in samples],
-            "grade": [int(s.grade) for s in samples],
-            "true": [names[i] for i in y_true],
-            "pred": [names[i] for i in probs.argmax(axis=1)],
-        }
-    )
-    for k, name in enumerate(names):
-        frame[f"p_{name}"] = probs[:, k]
-    return frame
-
-
-def evaluate_runs(
-    run_dirs: Sequence[str | os.PathLike],
-    data_dir: str | os.PathLike,
-    *,
-    split: str = "test",
-    device: str | torch.device = "auto",
-    batch_size: int = 64,
-    progress: bool | None = None,
-    n_boot: int = 1000,
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Evaluate each run and (with several) their ensemble on ``split`` of ``data_dir``.
-
-    Returns the metrics document ``{"models": {name: M}, "ensemble": M | None, "split", "data",
-    "scheme", "class_names", "runs": {name: path}}`` and a long per-image predictions DataFrame with
-    columns ``model, path, grade, true, pred, p_<class>...``: one block of rows per run and, with
-    several runs, one for ``model == "ensemble"`` (``grade`` is the KL grade, ``true``/``pred`` class
-    names).
-    """
-    runs = load_runs(run_dirs, device=as_device(device))
-    scheme = runs[0].scheme
-    samples = _split_samples(data_dir, split)
-    y_true = np.array([scheme.encode(s.grade) for s in samples], dtype=np.int64)
-    logits = forward(runs, [s.path for s in samples], batch_size=batch_size, progress=progress,
-                     desc=f"evaluate {split}")
-    names = list(scheme.class_names)
-    models, frames = {}, []
-    for run, z in zip(runs, logits):
-        probs = softmax(z)
-        models[run.name] = compute_metrics(y_true, probs, scheme, n_boot=n_boot)
-        frames.append(_prediction_frame(run.name, samples, y_true, probs, names))
-    ensemble = None
-    if len(runs) > 1:
-        probs = ensemble_probabilities(logits)
-        ensemble = compute_metrics(y_true, probs, scheme, n_boot=n_boot)
-        frames.append(_prediction_frame(ENSEMBLE, samples, y_true, probs, names))
-    metrics = {
-        "models": models,
-        "ensemble": ensemble,
-        "split": split,
-        "data": str(data_dir),
-        "scheme": scheme.name,
-        "class_names": names,
-        "runs": {run.name: str(run.path) for run in runs},
-    }
-    return metrics, pd.concat(frames, ignore_index=True)
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
-def save_metrics(metrics: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write the metrics document as JSON atomically (NaN → null)."""
-    return atomic.write_text(path, json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
-
-
-def save_predictions(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write the per-image predictions CSV atomically."""
-    with atomic.atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
-    return Path(path)
-
-
-def format_summary(metrics: dict[str, Any]) -> str:
-    """A compact text table: n, accuracy (95% CI), QWK, weighted F1 per model and the ensemble."""
-    rows = list(metrics["models"].items())
-    if metrics.get("ensemble"):
-        rows.append((ENSEMBLE, metrics["ensemble"]))
-
-    def f(x: float | None, spec: str) -> str:
-        return "-" if x is None else format(x, spec)
-
-    width = max(len("model"), *(len(n) for n, _ in rows))
-    lines = [f"{'model':<{width}}  {'n':>6}  {'accuracy':>8}  {'95% CI':>15}  {'qwk':>7}  {'f1_w':>6}"]
-    for name, m in rows:
-        ci = "[{}, {}]".format(*(f(v, ".3f") for v in m["ci"]["accuracy"]))
-        lines.append(f"{name:<{width}}  {m['n']:>6}  {f(m['accuracy'], '.4f'):>8}  {ci:>15}  "
-                     f"{f(m['qwk'], '.4f'):>7}  {f(m['f1_weighted'], '.3f'):>6}")
-    return "\n".join(lines)

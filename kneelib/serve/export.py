@@ -26,11 +26,17 @@ import torch
 from torch import nn
 
 from kneelib import __version__, atomic
-from kneelib.checkpoint import read_json, write_json
 from kneelib.data.schemes import get_scheme
 from kneelib.data.transforms import NORMALIZE
 from kneelib.errors import KneelibError
-from kneelib.evaluate import CHECKPOINT_FILE, ImageSource, input_batch, load_runs, softmax
+from kneelib.evaluate import (
+    CHECKPOINT_FILE,
+    ImageSource,
+    input_batch,
+    load_runs,
+    softmax,
+)
+from kneelib.train.checkpoint import read_json, write_json
 
 __all__ = ["FORMATS", "OPSET", "EnsembleLogits", "ExportedModel", "export_runs", "sidecar_path"]
 
@@ -277,5 +283,5 @@ class ExportedModel:
         return logits
 
     def probabilities(self, images: Sequence[ImageSource], **kwargs: Any) -> np.ndarray:
-        """Class probabilities (N, C): softmax of :meth:`logits` (as :class:`kneelib.predict.Predictor`)."""
+        """Class probabilities (N, C): softmax of :meth:`logits` (as :class:`kneelib.serve.predict.Predictor`)."""
         return softmax(self.logits(images, **kwargs))

@@ -1,0 +1,59 @@
+"""kneelib.evaluate: trained runs + a data split → logits → metrics, single runs and seed ensembles.
+
+:mod:`~kneelib.evaluate.runs` rebuilds a run from its ``config.json`` and runs it over images with the
+preprocessing it recorded; :mod:`~kneelib.evaluate.ensemble` is the paper's logit-mean ensemble;
+:mod:`~kneelib.evaluate.metrics` computes accuracy, QWK, MAE, F1, ROC-AUC with bootstrap CIs (sklearn);
+:mod:`~kneelib.evaluate.evaluation` writes ``metrics.json`` and per-image predictions;
+:mod:`~kneelib.evaluate.sweep` evaluates a sweep's seed groups once and caches them under ``OUT/eval``.
+
+May import: :mod:`kneelib.data`, :mod:`kneelib.models`, :mod:`kneelib.train` (run files, devices),
+``errors``, ``atomic``.
+"""
+
+from kneelib.evaluate.ensemble import ensemble_probabilities, softmax
+from kneelib.evaluate.evaluation import (
+    ALL_SPLITS,
+    evaluate_runs,
+    format_summary,
+    save_metrics,
+    save_predictions,
+)
+from kneelib.evaluate.metrics import METRIC_KEYS, compute_metrics
+from kneelib.evaluate.runs import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    ENSEMBLE,
+    ImageSource,
+    LoadedRun,
+    as_device,
+    check_compatible,
+    forward,
+    input_batch,
+    load_run,
+    load_runs,
+    run_logits,
+)
+
+__all__ = [
+    "ALL_SPLITS",
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
+    "ENSEMBLE",
+    "ImageSource",
+    "LoadedRun",
+    "METRIC_KEYS",
+    "as_device",
+    "check_compatible",
+    "compute_metrics",
+    "ensemble_probabilities",
+    "evaluate_runs",
+    "format_summary",
+    "forward",
+    "input_batch",
+    "load_run",
+    "load_runs",
+    "run_logits",
+    "save_metrics",
+    "save_predictions",
+    "softmax",
+]

@@ -1,0 +1,164 @@
+"""The notebooks of the sweep: their papermill parameters, execution, and the committed copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from kneelib.errors import KneelibError
+from kneelib.evaluate.sweep import run_name
+from kneelib.pipeline.profiles import Layout, Profile
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = ("01_data", "02_se_blocks", "03_train", "04_ensemble", "05_results", "06_predict")
+
+
+def _portable(path: Path, cwd: Path) -> str:
+    """A path as a notebook parameter: relative to ``cwd`` when inside the repository, else absolute."""
+    path = Path(os.path.abspath(path))
+    try:
+        path.relative_to(REPO_ROOT)
+        return os.path.relpath(path, cwd)
+    except ValueError:
+        return str(path)
+
+
+def notebook_parameters(profile: Profile, layout: Layout, data_dir: Path, *,
+                        device: str, real_data_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """The papermill parameters of every notebook but the training one (see ``train_parameters``)."""
+    cwd = NOTEBOOK_DIR
+    common = {"out_dir": _portable(layout.out, cwd), "data_dir": _portable(data_dir, cwd)}
+    featured = {
+        "arch": profile.featured_arch, "scheme": profile.featured_scheme,
+        "seeds": list(profile.seeds), "device": device, "split": profile.split,
+    }
+    return {
+        "01_data": {**common, "real_data_dir": _portable(real_data_dir, cwd) if real_data_dir else ""},
+        "02_se_blocks": {**common, "image_size": profile.image_size,
+                         "run_dir": _portable(layout.runs / run_name(
+                             profile.featured_arch if profile.featured_arch.startswith("se_")
+                             else "se_densenet121", profile.featured_scheme, profile.seeds[0]), cwd)},
+        "04_ensemble": {**common, **featured},
+        "05_results": {**common, "archs": list(profile.archs), "schemes": list(profile.schemes),
+                       "seeds": list(profile.seeds), "featured_arch": profile.featured_arch,
+                       "featured_scheme": profile.featured_scheme, "device": device,
+                       "split": profile.split},
+        "06_predict": {**common, **featured, **_bilateral_parameters(data_dir, cwd)},
+    }
+
+
+def _bilateral_parameters(data_dir: Path, cwd: Path) -> dict[str, str]:
+    """06_predict's radiographs (``DATA/bilateral`` when the data has them) and the packaged localiser."""
+    from kneelib.radiograph.localizer import PACKAGED_LOCALIZER
+
+    folder = data_dir / "bilateral"
+    if not folder.is_dir():
+        return {"bilateral_dir": "", "localizer": ""}
+    return {"bilateral_dir": _portable(folder, cwd), "localizer": _portable(PACKAGED_LOCALIZER, cwd)}
+
+
+def train_parameters(profile: Profile, layout: Layout, data_dir: Path, arch: str, scheme: str,
+                     seed: int, *, device: str) -> dict[str, Any]:
+    """The papermill parameters of one ``03_train`` execution."""
+    cwd = NOTEBOOK_DIR
+    return {
+        "data_dir": _portable(data_dir, cwd),
+        "run_dir": _portable(layout.runs / run_name(arch, scheme, seed), cwd),
+        "arch": arch, "scheme": scheme, "seed": seed, "epochs": profile.epochs,
+        "image_size": profile.image_size, "batch_size": profile.batch_size, "weights": profile.weights,
+        "clahe": profile.clahe, "limit": profile.limit, "device": device, "threads": profile.threads,
+    }
+
+
+def execute_notebook(name: str, output: Path, parameters: dict[str, Any], *, timeout: int = 0) -> None:
+    """Execute ``notebooks/<name>.ipynb`` with papermill; on failure keep the partial output and name the cell.
+
+    ``timeout``: seconds a cell may run (0: no limit)."""
+    import papermill as pm
+    from nbclient.exceptions import CellTimeoutError
+
+    source = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not source.is_file():
+        raise KneelibError(f"{source}: notebook not found")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(
+            str(source), str(output), parameters=parameters, cwd=str(NOTEBOOK_DIR),
+            progress_bar=False, kernel_name="python3", execution_timeout=timeout or None,
+        )
+    except CellTimeoutError:
+        raise KneelibError(f"notebook {name}: a cell ran longer than {timeout} s and was stopped; the partial "
+                           f"executed notebook is kept at {output}") from None
+    except pm.PapermillExecutionError as exc:
+        raise KneelibError(
+            f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
+            f"the partial executed notebook is kept at {output}"
+        ) from None
+    strip_volatile_metadata(output)
+
+
+def timed_notebook(name: str, output: Path, parameters: dict[str, Any], timeout: int = 0) -> float:
+    """:func:`execute_notebook`, returning its wall time in seconds (a picklable pool task)."""
+    t0 = time.time()
+    for attempt in range(3):
+        try:
+            execute_notebook(name, output, parameters, timeout=timeout)
+            break
+        except RuntimeError as exc:
+            # Kernels started in parallel processes can draw the same free TCP port and die at start-up;
+            # a fresh start draws new ports (a training run resumes where it was).
+            if "Kernel died before replying" not in str(exc) or attempt == 2:
+                raise
+    return time.time() - t0
+
+
+def strip_volatile_metadata(path: Path) -> None:
+    """Remove papermill timestamps and durations so executed notebooks diff cleanly."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.get("papermill", {}).clear()
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    from kneelib.atomic import write_text
+
+    write_text(path, nbformat.writes(nb) + "\n")
+
+
+def update_committed_notebooks(layout: Layout, *, train_run: str | None = None) -> list[Path]:
+    """Copy the executed notebooks of a sweep over ``notebooks/`` (their outputs become the nbval reference)."""
+    copied = []
+    for name in NOTEBOOKS:
+        if name == "03_train":
+            runs = sorted((layout.notebooks / "train").glob("03_train_*.ipynb"))
+            chosen = [p for p in runs if train_run and p.stem.endswith(train_run)] or runs[:1]
+            src = chosen[0] if chosen else None
+        else:
+            src = layout.notebooks / f"{name}.ipynb"
+        if src is not None and src.is_file():
+            dst = NOTEBOOK_DIR / f"{name}.ipynb"
+            shutil.copyfile(src, dst)
+            copied.append(dst)
+    return copied
+
+
+def parameters_cell_names(notebook: Path) -> list[str]:
+    """The variable names assigned in a notebook's cell tagged ``parameters`` (for the contract test)."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(t, ast.Name)]
+    raise KneelibError(f"{notebook}: no cell tagged 'parameters'")
