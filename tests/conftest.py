@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+
+from kneelib import cpu_pin
+
+cpu_pin.apply()  # before torch, NumPy or OpenCV load: the tests' numbers are the pinned ones on any x86-64
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data"

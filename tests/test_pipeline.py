@@ -18,8 +18,8 @@ def test_every_notebook_declares_exactly_the_parameters_reproduce_passes(tmp_pat
     profile = get_profile("smoke")
     layout = Layout(tmp_path / "out")
     passed = notebook_parameters(profile, layout, tmp_path / "data", device="cpu", real_data_dir=None)
-    passed["03_train"] = train_parameters(profile, layout, tmp_path / "data", "resnet18", "kl5", 21,
-                                          device="cpu")
+    passed["03_train"] = train_parameters(profile, layout, tmp_path / "data", "resnet18", "kl5", device="cpu")
+    assert passed["03_train"]["seeds"] == [21, 42, 84]  # one notebook per model trains every seed
     assert set(passed) == set(NOTEBOOKS)
     for name in NOTEBOOKS:
         declared = parameters_cell_names(NOTEBOOK_DIR / f"{name}.ipynb")
@@ -80,8 +80,10 @@ def test_training_notebooks_can_run_in_worker_processes() -> None:
     import pickle
 
     from kneelib.pipeline import timed_notebook
+    from kneelib.pipeline.reproduce import train_model
 
     assert pickle.loads(pickle.dumps(timed_notebook)) is timed_notebook
+    assert pickle.loads(pickle.dumps(train_model)) is train_model
     err = pickle.loads(pickle.dumps(KneelibError("notebook 03_train failed in cell 4")))
     assert isinstance(err, KneelibError) and str(err) == "notebook 03_train failed in cell 4"
 

@@ -11,6 +11,7 @@ from fakes import make_data, make_run
 
 from kneelib.errors import KneelibError
 from kneelib.evaluate import sweep
+from kneelib.train.config import run_name
 
 
 @pytest.fixture()
@@ -18,7 +19,7 @@ def sweep_dir(tmp_path: Path) -> tuple[Path, Path]:
     data = make_data(tmp_path / "data", split="test")
     out = tmp_path / "out"
     for seed in (21, 42):
-        make_run(out / "runs", sweep.run_name("resnet18", "kl4", seed), scheme="kl4", seed=seed)
+        make_run(out / "runs", run_name("resnet18", "kl4", seed), scheme="kl4", seed=seed)
     return out, data
 
 

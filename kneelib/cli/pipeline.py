@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from kneelib.evaluate.sweep import run_name
 from kneelib.pipeline import (
     PROFILES,
     get_profile,
     reproduce,
     update_committed_notebooks,
 )
+from kneelib.pipeline.reference import write_reference
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--image-size", type=int, help="override the profile's image size")
     p.add_argument("--split", help="split the tables are computed on (default test; real data here: val)")
-    p.add_argument("--jobs", type=int, help="training notebooks run at once (smoke: 3, paper: 1)")
+    p.add_argument("--jobs", type=int, help="training notebooks (one model, all seeds) run at once (smoke: 3, paper: 1)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--real-data", help="real kneeKL224 folder for the synthetic-vs-real montage "
                    "(default ../shared/data/kneeKL224 when present)")
@@ -45,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
                           jobs=args.jobs)
     layout = reproduce(profile, data=args.data, out=args.out, device=args.device, real_data=args.real_data)
     if args.update_notebooks:
-        featured = run_name(profile.featured_arch, profile.featured_scheme, profile.seeds[0])
-        for path in update_committed_notebooks(layout, train_run=featured):
+        featured = f"{profile.featured_arch}_{profile.featured_scheme}"
+        for path in update_committed_notebooks(layout, train_model=featured):
             print(f"updated {path}")
+        print(f"updated {write_reference(layout, profile.name)}")
     return 0

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from kneelib.errors import KneelibError
+from kneelib.train.config import run_name
 from kneelib.evaluate.evaluation import evaluate_runs, save_metrics, save_predictions
 
 
@@ -31,11 +32,6 @@ def code_fingerprint() -> str:
     for module in (runs, ensemble, evaluation, metrics, io, pixels, dicom, transforms):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def run_name(arch: str, scheme: str, seed: int) -> str:
-    """The folder name of one training run inside ``OUT/runs``."""
-    return f"{arch}_{scheme}_s{seed}"
 
 
 def group_runs(out_dir: str | os.PathLike, arch: str, scheme: str, seeds: Sequence[int]) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kneelib.errors import KneelibError
-from kneelib.evaluate.sweep import run_name
+from kneelib.train.config import run_name
 from kneelib.pipeline.profiles import Layout, Profile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,17 +62,21 @@ def _bilateral_parameters(data_dir: Path, cwd: Path) -> dict[str, str]:
     return {"bilateral_dir": _portable(folder, cwd), "localizer": _portable(PACKAGED_LOCALIZER, cwd)}
 
 
-def train_parameters(profile: Profile, layout: Layout, data_dir: Path, arch: str, scheme: str,
-                     seed: int, *, device: str) -> dict[str, Any]:
-    """The papermill parameters of one ``03_train`` execution."""
+def train_parameters(profile: Profile, layout: Layout, data_dir: Path, arch: str, scheme: str, *,
+                     device: str) -> dict[str, Any]:
+    """The papermill parameters of one ``03_train`` execution: one model, all the profile's seeds."""
     cwd = NOTEBOOK_DIR
     return {
-        "data_dir": _portable(data_dir, cwd),
-        "run_dir": _portable(layout.runs / run_name(arch, scheme, seed), cwd),
-        "arch": arch, "scheme": scheme, "seed": seed, "epochs": profile.epochs,
+        "data_dir": _portable(data_dir, cwd), "runs_dir": _portable(layout.runs, cwd),
+        "arch": arch, "scheme": scheme, "seeds": list(profile.seeds), "epochs": profile.epochs,
         "image_size": profile.image_size, "batch_size": profile.batch_size, "weights": profile.weights,
         "clahe": profile.clahe, "limit": profile.limit, "device": device, "threads": profile.threads,
     }
+
+
+def train_notebook_name(arch: str, scheme: str) -> str:
+    """The executed training notebook of one model: ``OUT/notebooks/train/03_train_<arch>_<scheme>.ipynb``."""
+    return f"03_train_{arch}_{scheme}"
 
 
 def execute_notebook(name: str, output: Path, parameters: dict[str, Any], *, timeout: int = 0) -> None:
@@ -98,7 +103,11 @@ def execute_notebook(name: str, output: Path, parameters: dict[str, Any], *, tim
             f"notebook {name} failed in cell {exc.exec_count} ({exc.ename}: {exc.evalue}); "
             f"the partial executed notebook is kept at {output}"
         ) from None
-    strip_volatile_metadata(output)
+    timings = strip_volatile_metadata(output)
+    from kneelib.atomic import write_text
+
+    # Where a notebook's time goes (the rest of its wall time is kernel start-up and papermill itself).
+    write_text(output.parent / "timings" / f"{output.stem}.json", json.dumps(timings, indent=1) + "\n")
 
 
 def timed_notebook(name: str, output: Path, parameters: dict[str, Any], timeout: int = 0) -> float:
@@ -116,11 +125,16 @@ def timed_notebook(name: str, output: Path, parameters: dict[str, Any], timeout:
     return time.time() - t0
 
 
-def strip_volatile_metadata(path: Path) -> None:
-    """Remove papermill timestamps and durations so executed notebooks diff cleanly."""
+def strip_volatile_metadata(path: Path) -> list[dict[str, Any]]:
+    """Remove papermill timestamps and durations so executed notebooks diff cleanly; return the code cells'
+    durations (``[{"cell": index, "source": first line, "seconds": s}]``) before they go."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
+    timings = [{"cell": i, "source": (cell.source.splitlines() or [""])[0][:80],
+                "seconds": round(float(cell.metadata["papermill"].get("duration") or 0.0), 3)}
+               for i, cell in enumerate(nb.cells)
+               if cell.cell_type == "code" and "papermill" in cell.metadata]
     nb.metadata.get("papermill", {}).clear()
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
@@ -129,15 +143,18 @@ def strip_volatile_metadata(path: Path) -> None:
     from kneelib.atomic import write_text
 
     write_text(path, nbformat.writes(nb) + "\n")
+    return timings
 
 
-def update_committed_notebooks(layout: Layout, *, train_run: str | None = None) -> list[Path]:
-    """Copy the executed notebooks of a sweep over ``notebooks/`` (their outputs become the nbval reference)."""
+def update_committed_notebooks(layout: Layout, *, train_model: str | None = None) -> list[Path]:
+    """Copy the executed notebooks of a sweep over ``notebooks/`` (their outputs become the nbval reference).
+
+    ``train_model``: which model's training notebook (``<arch>_<scheme>``) becomes ``03_train``."""
     copied = []
     for name in NOTEBOOKS:
         if name == "03_train":
             runs = sorted((layout.notebooks / "train").glob("03_train_*.ipynb"))
-            chosen = [p for p in runs if train_run and p.stem.endswith(train_run)] or runs[:1]
+            chosen = [p for p in runs if train_model and p.stem == f"03_train_{train_model}"] or runs[:1]
             src = chosen[0] if chosen else None
         else:
             src = layout.notebooks / f"{name}.ipynb"

@@ -36,7 +36,8 @@ class Profile:
     featured_arch: str = "se_densenet121"  # the ensemble of Table 6 and Figs. 5-7
     featured_scheme: str = "kl4"
     threads: int = 0  # torch threads per run (0 = torch's default)
-    jobs: int = 1  # training notebooks executed at once
+    jobs: int = 1  # training notebooks (one model, all seeds) executed at once
+    pin_cpu: bool = False  # pin every library's CPU kernels to AVX2 (kneelib.cpu_pin): same results on any x86-64
     cell_timeout: int = 0  # seconds one notebook cell may run (0 = no limit): a hung kernel fails the sweep
     split: str = "test"  # the split the tables are computed on
 
@@ -49,7 +50,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", epochs=3, image_size=64, batch_size=8, weights="none",
         synth_per_grade=45, synth_size=64, synth_signs=3.0, synth_bilateral=3, threads=1, jobs=3,
-        cell_timeout=900,
+        cell_timeout=900, pin_cpu=True,
     ),
     # The paper's settings on a real data directory: 224 px, 75 epochs, ImageNet weights, 48 runs (GPU).
     "paper": Profile(name="paper"),

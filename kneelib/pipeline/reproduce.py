@@ -1,13 +1,17 @@
 """``reproduce(profile)``: regenerate every table and figure of the paper in one command.
 
-The notebooks in ``notebooks/`` run in order with papermill (the training notebook once per
-arch × scheme × seed) and write ``OUT/{notebooks,tables,figures}``. A finished run is skipped, a killed
-run is resumed, so an interrupted sweep continues where it stopped.
+The notebooks in ``notebooks/`` run in order with papermill — the training notebook once per
+architecture × scheme, training the profile's seeds in turn — and write ``OUT/{notebooks,tables,figures}``.
+A finished run is skipped, a killed run is resumed, so an interrupted sweep continues where it stopped.
+Each training notebook's seed group is evaluated by the worker that trained it, while the others still
+train, so the result notebooks find the evaluation cached. Profiles that pin the CPU kernels
+(:mod:`kneelib.cpu_pin`) set the pin before any process that computes is started.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -17,16 +21,27 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from kneelib import cpu_pin
 from kneelib.errors import KneelibError
-from kneelib.evaluate.sweep import run_name
 from kneelib.pipeline.notebooks import (
+    NOTEBOOK_DIR,
     NOTEBOOKS,
     REPO_ROOT,
     notebook_parameters,
     timed_notebook,
+    train_notebook_name,
     train_parameters,
 )
 from kneelib.pipeline.profiles import Layout, Profile
+from kneelib.pipeline.reference import check_sweep, load_reference
+from kneelib.train.config import run_name
+
+#: Relative CPU time of one training run per architecture (the smoke profile on a 2-core machine, one
+#: thread): the sweep starts the longest first, so the last notebooks to finish are short ones.
+TRAIN_COST = {
+    "resnet18": 1.0, "se_resnet18": 1.1, "resnet34": 1.6, "se_resnet34": 1.9,
+    "resnet50": 2.9, "se_resnet50": 3.4, "densenet121": 2.6, "se_densenet121": 3.3,
+}
 
 
 def run_finished(run_dir: Path) -> bool:
@@ -40,15 +55,38 @@ def run_finished(run_dir: Path) -> bool:
         return False
 
 
+def train_model(output: Path, parameters: dict[str, Any], timeout: int, split: str) -> float:
+    """Execute one model's ``03_train`` notebook, then evaluate its seed group into the sweep's cache
+    (a picklable pool task; returns the wall time in seconds)."""
+    t0 = time.time()
+    timed_notebook("03_train", output, parameters, timeout)
+    import torch
+
+    from kneelib.evaluate.sweep import evaluate_group
+
+    if parameters["threads"]:
+        torch.set_num_threads(parameters["threads"])
+    # The notebooks name the sweep's folders relative to notebooks/: evaluate with the same names, so the
+    # cache's record of them matches when 04/05 look it up.
+    os.chdir(NOTEBOOK_DIR)
+    out_dir = str(Path(parameters["runs_dir"]).parent)
+    evaluate_group(out_dir, parameters["data_dir"], parameters["arch"], parameters["scheme"],
+                   parameters["seeds"], split=split, device=parameters["device"], progress=False)
+    return time.time() - t0
+
+
 def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Path | None = None,
               device: str = "auto", real_data: str | Path | None = None,
               log: Callable[[str], None] = print) -> Layout:
     """Run the whole notebook sweep of ``profile``; returns where everything was written.
 
-    Order: ``01_data``; ``03_train`` once per arch × scheme × seed (``profile.jobs`` at a time);
-    then ``02_se_blocks`` (it looks inside a trained SE model), ``04_ensemble``, ``05_results`` and
-    ``06_predict``. The first failing notebook stops the sweep (its partial output is kept).
+    Order: ``01_data``; ``03_train`` once per arch × scheme (``profile.jobs`` at a time, the costliest
+    first), each followed by its group's evaluation; then ``02_se_blocks`` (it looks inside a trained SE
+    model), ``04_ensemble``, ``05_results`` and ``06_predict``. The first failing notebook stops the sweep
+    (its partial output is kept).
     """
+    if profile.pin_cpu:
+        cpu_pin.apply()  # inherited by every kernel and worker started from here on
     layout = Layout(Path(out) if out else REPO_ROOT / "runs" / profile.name)
     layout.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -58,7 +96,8 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
         real_data = default_real if default_real.is_dir() else None
     params = notebook_parameters(profile, layout, data_dir, device=device,
                                  real_data_dir=Path(real_data) if real_data else None)
-    grid = [(a, s, seed) for s in profile.schemes for a in profile.archs for seed in profile.seeds]
+    grid = sorted(((a, s) for s in profile.schemes for a in profile.archs),
+                  key=lambda model: -TRAIN_COST.get(model[0], 1.0))
     total = len(grid) + len(NOTEBOOKS) - 1
     counter = iter(range(1, total + 1))
 
@@ -68,16 +107,16 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
 
     step("01_data", layout.notebooks / "01_data.ipynb", params["01_data"])
     todo = []
-    for arch, scheme, seed in grid:
-        name = run_name(arch, scheme, seed)
-        output = layout.notebooks / "train" / f"03_train_{name}.ipynb"
-        if run_finished(layout.runs / name) and output.is_file():
+    for arch, scheme in grid:
+        output = layout.notebooks / "train" / f"{train_notebook_name(arch, scheme)}.ipynb"
+        runs = [layout.runs / run_name(arch, scheme, seed) for seed in profile.seeds]
+        if all(run_finished(r) for r in runs) and output.is_file():
             log(f"[{next(counter)}/{total}] {output.stem}: finished earlier, skipped")
             continue
-        todo.append((output, train_parameters(profile, layout, data_dir, arch, scheme, seed, device=device)))
+        todo.append((output, train_parameters(profile, layout, data_dir, arch, scheme, device=device)))
     # Processes, not threads: papermill changes the working directory of the process it runs in.
     with ProcessPoolExecutor(max_workers=max(1, profile.jobs), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(timed_notebook, "03_train", output, parameters, profile.cell_timeout): output
+        futures = {pool.submit(train_model, output, parameters, profile.cell_timeout, profile.split): output
                    for output, parameters in todo}
         try:
             for future in as_completed(futures):
@@ -89,6 +128,11 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
         step(name, layout.notebooks / f"{name}.ipynb", params[name])
     log(f"reproduce ({profile.name}) finished in {(time.time() - started) / 60:.1f} min: "
         f"tables in {layout.tables}, figures in {layout.figures}, notebooks in {layout.notebooks}")
+    if data is None and load_reference(profile.name) is not None:
+        try:
+            log(f"trained numbers: {check_sweep(layout, profile.name)}")
+        except KneelibError as exc:
+            log(f"warning: {exc}")
     return layout
 
 
@@ -117,9 +161,11 @@ def _prepare_data(profile: Profile, layout: Layout, data: str | Path | None,
     if layout.data.exists():
         shutil.rmtree(layout.data)  # an incomplete earlier attempt
     log(f"synthetic data: generating {profile.synth_per_grade} crops per grade in {layout.data}")
-    generate_dataset(layout.data, per_grade=profile.synth_per_grade, size=profile.synth_size,
-                     signs=profile.synth_signs, bilateral=profile.synth_bilateral, seed=0,
-                     progress=sys.stderr.isatty())
+    # In a fresh process: NumPy and OpenCV read the CPU pin when they load, and they are loaded here.
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        pool.submit(generate_dataset, layout.data, per_grade=profile.synth_per_grade, size=profile.synth_size,
+                    signs=profile.synth_signs, bilateral=profile.synth_bilateral, seed=0,
+                    progress=sys.stderr.isatty()).result()
     return layout.data
 
 

@@ -27,6 +27,7 @@ from kneelib.report.tables import (
     RESULT_COLUMNS,
     RESULT_SUMMARY_COLUMNS,
     format_table,
+    markdown_table,
     overhead_table,
     results_table,
     run_key,
@@ -38,7 +39,7 @@ from kneelib.report.tables import (
 __all__ = [
     "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "bilateral_figure", "explained_examples", "heatmap_figure",
     "right_and_wrong",
-    "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "overhead_table",
+    "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",
     "prediction_figure", "probability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
     "se_excitation_figure", "select_model", "table1", "table6",
 ]

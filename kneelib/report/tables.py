@@ -319,6 +319,13 @@ def format_table(df: pd.DataFrame, *, formats: Mapping[Any, str] | None = None,
     return "\n".join(lines) + "\n"
 
 
+def markdown_table(df: pd.DataFrame, **kwargs: Any) -> Any:
+    """:func:`format_table` as an IPython ``Markdown`` object: a notebook renders it as a table."""
+    from IPython.display import Markdown
+
+    return Markdown(format_table(df, **kwargs))
+
+
 def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> tuple[Path, Path]:
     """Write ``out_dir/name.csv`` (full precision) and ``out_dir/name.md`` (rounded), each atomically."""
     if not name or "/" in name or "\\" in name or name.startswith("."):

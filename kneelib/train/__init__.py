@@ -25,6 +25,7 @@ __all__ = [
     "data_hash",
     "limit_samples",
     "run_config",
+    "run_name",
     "run_status",
     "runtime",
     "train",

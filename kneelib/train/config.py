@@ -89,6 +89,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def run_name(arch: str, scheme: str, seed: int) -> str:
+    """The folder name of one training run of a sweep (``OUT/runs/<arch>_<scheme>_s<seed>``)."""
+    return f"{arch}_{scheme}_s{seed}"
+
+
 def data_hash(splits: Mapping[str, Sequence[Sample]], root: str | os.PathLike) -> str:
     """SHA-256 over the sorted (split, relative path, size in bytes, grade) of every sample used."""
     root = Path(root)
@@ -131,6 +136,7 @@ def run_config(config: TrainConfig, *, scheme: Scheme, data_dir: str | os.PathLi
                git_commit: str | None, git_dirty: bool | None,
                counts: Mapping[str, int]) -> dict[str, Any]:
     """The ``config.json`` of a run: the config plus everything needed to reproduce or reuse it."""
+    from kneelib import cpu_pin
     from kneelib.data.transforms import CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID, NORMALIZE
 
     mean, std = NORMALIZE
@@ -152,6 +158,7 @@ def run_config(config: TrainConfig, *, scheme: Scheme, data_dir: str | os.PathLi
         "device": device,
         "workers": workers,
         "threads": threads,  # torch CPU threads actually used (results depend on it, bit-wise)
+        "cpu_kernels": cpu_pin.describe(),  # the processor's SIMD level and kneelib's AVX2 pin (kneelib.cpu_pin)
         "versions": dict(versions),
         "git_commit": git_commit,
         "git_dirty": git_dirty,
