@@ -62,21 +62,21 @@ def _timed(fn: Callable[[], Any]) -> float:
 # --- models ---------------------------------------------------------------------------------------
 
 def _stepper(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-             train: bool) -> Callable[[], Any]:
+             train: bool, fmt: torch.memory_format) -> Callable[[], Any]:
     """One kneelib train step (forward, cross-entropy, backward, Adam) or inference batch."""
     config = TrainConfig(arch="resnet18")
     optimizer = (torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
                  if train else None)
     batch = [(images, targets)]
     return lambda: _run_epoch(model, batch, CPU, optimizer=optimizer, bar=False, desc="",
-                              memory_format=runtime.memory_format(CPU))
+                              memory_format=fmt)
 
 
 def bench_arch(arch: str, *, image_size: int, batch_size: int, iters: int,
                warmup: int) -> dict[str, Any]:
     """Median images/s of kneelib's ``arch`` and its torchvision base, train step and inference."""
     base = TORCHVISION_BASE[arch]
-    fmt = runtime.memory_format(CPU)  # what kneelib.train.loop uses; mirrored for torchvision
+    fmt = runtime.memory_format(CPU, arch)  # what kneelib.train.loop uses; mirrored for torchvision
     runtime.seed_everything(0)
     models = {"kneelib": build_model(arch, num_classes=5).to(CPU, memory_format=fmt),
               "torchvision": getattr(torchvision.models, base)(num_classes=5).to(CPU, memory_format=fmt)}
@@ -86,7 +86,7 @@ def bench_arch(arch: str, *, image_size: int, batch_size: int, iters: int,
                            "params": {k: sum(p.numel() for p in m.parameters())
                                       for k, m in models.items()}}
     for mode in ("train", "inference"):
-        steps = {k: _stepper(m, images, targets, mode == "train") for k, m in models.items()}
+        steps = {k: _stepper(m, images, targets, mode == "train", fmt) for k, m in models.items()}
         for step in steps.values():
             for _ in range(warmup):
                 step()
@@ -141,7 +141,7 @@ def bench_epoch(data: Path, *, n_images: int, image_size: int, batch_size: int,
         Path(s.path).read_bytes()
     config = TrainConfig(arch="resnet18", image_size=image_size, batch_size=batch_size)
     fmt = {"naive": torch.channels_last if naive_channels_last else torch.contiguous_format,
-           "kneelib": runtime.memory_format(CPU)}
+           "kneelib": runtime.memory_format(CPU, config.arch)}
     models, optimizers = {}, {}
     for side in ("naive", "kneelib"):
         runtime.seed_everything(config.seed)
@@ -213,7 +213,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"torch {report['machine']['versions']['torch']}, {s['image_size']} px, "
              f"batch {s['batch_size']}, "
              f"median of {s['iters']} interleaved reps, "
-             f"{str(runtime.memory_format(CPU)).removeprefix('torch.')} on both sides", ""]
+             "the memory format kneelib.train uses for each architecture on both sides", ""]
     if report["models"]:
         lines += ["| arch | vs torchvision | train img/s kneelib | torchvision | ratio "
                   "| infer img/s kneelib | torchvision | ratio | target (≥0.95) |",

@@ -91,6 +91,15 @@ def check_layers(name: str, imports: set[str]) -> None:
         assert LAYERS.index(other) <= rank, f"{name} ({me}) imports {target} ({other}), a higher layer"
 
 
+def test_every_public_name_is_importable() -> None:
+    import importlib
+
+    for init in PACKAGE.glob("*/__init__.py"):
+        module = importlib.import_module(f"kneelib.{init.parent.name}")
+        missing = [name for name in getattr(module, "__all__", ()) if not hasattr(module, name)]
+        assert not missing, f"kneelib.{init.parent.name}.__all__ names what it does not import: {missing}"
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
 def test_no_module_imports_a_higher_layer(path: Path) -> None:
     check_layers(module_name(path), kneelib_imports(path))

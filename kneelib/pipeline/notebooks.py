@@ -136,7 +136,6 @@ def strip_volatile_metadata(path: Path) -> list[dict[str, Any]]:
                for i, cell in enumerate(nb.cells)
                if cell.cell_type == "code" and "papermill" in cell.metadata]
     nb.metadata.get("papermill", {}).clear()
-    nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)

@@ -36,11 +36,12 @@ from kneelib.pipeline.profiles import Layout, Profile
 from kneelib.pipeline.reference import check_sweep, load_reference
 from kneelib.train.config import run_name
 
-#: Relative CPU time of one training run per architecture (the smoke profile on a 2-core machine, one
-#: thread): the sweep starts the longest first, so the last notebooks to finish are short ones.
+#: Relative CPU time of one model's training notebook (the smoke profile on a 2-core machine, three
+#: single-threaded notebooks at a time, measured): the sweep starts the longest first, so the last
+#: notebooks to finish are short ones.
 TRAIN_COST = {
-    "resnet18": 1.0, "se_resnet18": 1.1, "resnet34": 1.6, "se_resnet34": 1.9,
-    "resnet50": 2.9, "se_resnet50": 3.4, "densenet121": 2.6, "se_densenet121": 3.3,
+    "resnet18": 1.0, "se_resnet18": 1.1, "resnet34": 1.9, "se_resnet34": 2.0,
+    "densenet121": 1.9, "se_densenet121": 2.3, "resnet50": 3.0, "se_resnet50": 3.2,
 }
 
 

@@ -32,8 +32,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise KneelibError(f"unknown device {name!r} (choose auto, cpu or cuda)")
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
-    """Channels-last everywhere: faster on CUDA (tensor cores) and, measured, on CPU too."""
+#: Architectures whose CPU training step is faster in the default (contiguous) layout: the basic-block
+#: ResNets, measured single-threaded at 64 px, batch 8 (images per CPU second, channels-last vs
+#: contiguous): ResNet-18 57 vs 84, SE-ResNet-18 54 vs 79, ResNet-34 32 vs 46, SE-ResNet-34 34 vs 43;
+#: at 224 px the two are within 5%. Bottleneck ResNets and DenseNets are faster channels-last
+#: (ResNet-50 28 vs 21, SE-ResNet-50 27 vs 19, DenseNet-121 50 vs 40, SE-DenseNet-121 41 vs 35).
+CPU_CONTIGUOUS_ARCHS = frozenset({"resnet18", "resnet34", "se_resnet18", "se_resnet34"})
+
+
+def memory_format(device: torch.device, arch: str | None = None) -> torch.memory_format:
+    """Channels-last on CUDA (tensor cores); on CPU channels-last too, except for the architectures in
+    :data:`CPU_CONTIGUOUS_ARCHS`, where the contiguous layout measured faster."""
+    if device.type != "cuda" and arch in CPU_CONTIGUOUS_ARCHS:
+        return torch.contiguous_format
     return torch.channels_last
 
 
