@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real-data", help="real kneeKL224 folder for the synthetic-vs-real montage "
                    "(default ../shared/data/kneeKL224 when present)")
     p.add_argument("--update-notebooks", action="store_true",
-                   help="copy the executed notebooks over notebooks/ (the nbval reference outputs)")
+                   help="copy the executed notebooks over notebooks/ (the nbval reference outputs) and record the "
+                   "trained numbers as notebooks/reference/<profile>.json")
     p.set_defaults(func=_run)
 
 
