@@ -173,7 +173,8 @@ def test_a_killed_ray_task_is_retried_and_resumes(local_sweep: tuple[Layout, lis
     assert [path for path, _ in done] == [output]
     assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in killed["kernels"])
     executed = output.read_text()  # the retry's notebook: the killed run resumed after its last epoch
-    assert f"resuming {layout.runs / f'resnet18_kl4_s{killed['seed']}'} after epoch" in executed
+    resumed = layout.runs / f"resnet18_kl4_s{killed['seed']}"
+    assert f"resuming {resumed} after epoch" in executed
     if killed["seed"] == 42:
         assert "resnet18_kl4_s21: run already finished" in executed
     for seed in profile.seeds:

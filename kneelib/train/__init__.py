@@ -15,6 +15,7 @@ from kneelib.train.config import (
     data_hash,
     limit_samples,
     run_config,
+    run_name,
 )
 from kneelib.train.loop import run_status, train
 
