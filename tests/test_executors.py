@@ -20,6 +20,7 @@ import pytest
 
 from kneelib import cpu_pin
 from kneelib.cli import main
+from kneelib.errors import KneelibError
 from kneelib.pipeline import RayExecutor, get_profile, reproduce
 from kneelib.pipeline import executors, profiles
 from kneelib.pipeline.notebooks import train_parameters
@@ -172,6 +173,10 @@ def test_a_killed_ray_task_is_retried_and_resumes(local_sweep: tuple[Layout, lis
         killer.start()
         done = list(ray_executor.run([(output, params)], timeout=300, split=profile.split))
         killer.join()
+        # A notebook that fails in a Ray task stops the sweep with its own one-line error, not retried.
+        broken = {**params, "arch": "resnet7"}
+        with pytest.raises(KneelibError, match=r"^notebook 03_train failed in cell \d+ \(KneelibError: .*resnet7"):
+            list(ray_executor.run([(layout.notebooks / "broken.ipynb", broken)], timeout=300, split=profile.split))
     assert killed, "the run finished before it could be killed"
     assert [path for path, _ in done] == [output]
     assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in killed["kernels"])

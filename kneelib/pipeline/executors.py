@@ -119,8 +119,8 @@ class RayExecutor:
                 ray.init(address=self.address, runtime_env={"env_vars": self.env}, log_to_driver=False,
                          logging_level="WARNING")
             else:
-                ray.init(num_cpus=self.local_cpus, include_dashboard=False, object_store_memory=256 * 2**20,
-                         log_to_driver=False, logging_level="WARNING")
+                ray.init(address="local", num_cpus=self.local_cpus, include_dashboard=False,  # never $RAY_ADDRESS
+                         object_store_memory=256 * 2**20, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise KneelibError(f"cannot join the Ray cluster at {self.address or 'a new local instance'}: "
                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
