@@ -51,7 +51,7 @@ def test_bad_executor_and_missing_ray_are_one_line(tmp_path: Path, capsys: pytes
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # `import ray` fails as if not installed
     assert main(["reproduce", "--executor", "ray", "--out", out]) == 2
     assert "pip install -e '.[ray]'" in one_error_line(capsys)
-    assert not (tmp_path / "o" / "data").exists()  # nothing ran
+    assert not (tmp_path / "o").exists()  # nothing ran
 
 
 @needs_ray

@@ -10,6 +10,7 @@ each run from its ``last.pt``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -186,6 +187,9 @@ class RayExecutor:
             nodes = [n for n in ray.nodes() if n["Alive"]]
             seen = ray.get([task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                             .remote([_probe_path(marker), str(package)]) for n in nodes], timeout=120)
+        except ray.exceptions.RayError as exc:
+            raise KneelibError(f"the Ray nodes did not all answer the --out probe within 120 s "
+                               f"({type(exc).__name__})") from None
         finally:
             marker.unlink(missing_ok=True)
         named = [(f"{host} ({node['NodeManagerAddress']})", found) for (host, found), node in zip(seen, nodes)]
@@ -223,6 +227,8 @@ def make_executor(name: str, profile: Profile, out: Path, *, ray_address: str | 
         if ray_address:
             raise KneelibError("--ray-address needs --executor ray")
         return LocalExecutor(profile.jobs)
+    if importlib.util.find_spec("ray") is None:
+        raise KneelibError(RAY_EXTRA)
     env: dict[str, str] = {}
     if profile.pin_cpu:
         cpu_pin.apply(env)

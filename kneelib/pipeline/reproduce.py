@@ -75,8 +75,9 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
     if profile.pin_cpu:
         cpu_pin.apply()  # inherited by every kernel and worker started from here on
     layout = Layout(Path(out) if out else REPO_ROOT / "runs" / profile.name)
+    chosen = make_executor(executor, profile, layout.out, ray_address=ray_address)  # bad names: nothing made
     layout.out.mkdir(parents=True, exist_ok=True)
-    with make_executor(executor, profile, layout.out, ray_address=ray_address) as runner:
+    with chosen as runner:
         if executor == "ray":
             log(runner.describe())
         return _sweep(profile, layout, runner, data=data, device=device, real_data=real_data, log=log)
