@@ -1,6 +1,6 @@
 # kneelib — set-up and the two commands the README promises.
 #   make reproduce   create .venv, install kneelib, run the smoke profile (synthetic data, all tables/figures)
-#   make test        create .venv, install kneelib + test tools, run the unit tests, then the smoke sweep
+#   make test        create .venv, install kneelib + test tools + Ray, run the unit tests, then the smoke sweep
 #                    (finished runs are skipped) and nbval on the committed notebooks
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +12,7 @@ PROFILE ?= smoke
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="override the profile's image size")
     p.add_argument("--split", help="split the tables are computed on (default test; real data here: val)")
     p.add_argument("--jobs", type=int, help="training notebooks (one model, all seeds) run at once (smoke: 3, paper: 1)")
+    p.add_argument("--executor", default="local", metavar="local|ray",
+                   help="where the training notebooks run: local worker processes (default) or Ray tasks "
+                   "(pip install -e '.[ray]')")
+    p.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="with --executor ray: join this cluster's head (default: start a local Ray instance)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--real-data", help="real kneeKL224 folder for the synthetic-vs-real montage "
                    "(default ../shared/data/kneeKL224 when present)")
@@ -44,7 +49,8 @@ def _run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile, archs=args.archs, schemes=args.schemes, seeds=args.seeds,
                           epochs=args.epochs, image_size=args.image_size, split=args.split,
                           jobs=args.jobs)
-    layout = reproduce(profile, data=args.data, out=args.out, device=args.device, real_data=args.real_data)
+    layout = reproduce(profile, data=args.data, out=args.out, device=args.device, real_data=args.real_data,
+                       executor=args.executor, ray_address=args.ray_address)
     if args.update_notebooks:
         featured = f"{profile.featured_arch}_{profile.featured_scheme}"
         for path in update_committed_notebooks(layout, train_model=featured):

@@ -2,11 +2,13 @@
 
 :mod:`~kneelib.pipeline.profiles` names the grids and recipes (``smoke``, ``paper``);
 :mod:`~kneelib.pipeline.notebooks` executes the notebooks with papermill and keeps the committed copies;
-:mod:`~kneelib.pipeline.reproduce` schedules the training runs and the result notebooks.
+:mod:`~kneelib.pipeline.reproduce` schedules the training runs and the result notebooks;
+:mod:`~kneelib.pipeline.executors` runs the training notebooks in local processes or as Ray tasks.
 
 May import every layer below it; only :mod:`kneelib.cli` imports it.
 """
 
+from kneelib.pipeline.executors import EXECUTORS, LocalExecutor, RayExecutor, make_executor, train_model
 from kneelib.pipeline.notebooks import (
     NOTEBOOK_DIR,
     NOTEBOOKS,
@@ -21,17 +23,22 @@ from kneelib.pipeline.reproduce import reproduce, run_finished
 
 __all__ = [
     "ALL_ARCHS",
+    "EXECUTORS",
     "NOTEBOOKS",
     "NOTEBOOK_DIR",
     "PROFILES",
     "REPO_ROOT",
     "Layout",
+    "LocalExecutor",
     "Profile",
+    "RayExecutor",
     "execute_notebook",
     "get_profile",
+    "make_executor",
     "parameters_cell_names",
     "reproduce",
     "run_finished",
     "timed_notebook",
+    "train_model",
     "update_committed_notebooks",
 ]

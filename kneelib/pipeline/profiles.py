@@ -40,6 +40,8 @@ class Profile:
     pin_cpu: bool = False  # pin every library's CPU kernels to AVX2 (kneelib.cpu_pin): same results on any x86-64
     cell_timeout: int = 0  # seconds one notebook cell may run (0 = no limit): a hung kernel fails the sweep
     split: str = "test"  # the split the tables are computed on
+    ray_num_cpus: float = 1  # --executor ray: CPUs each training notebook asks Ray for
+    ray_num_gpus: float = 0  # --executor ray: GPUs each asks for (a fraction: several runs share one GPU)
 
 
 PROFILES: dict[str, Profile] = {
@@ -53,7 +55,7 @@ PROFILES: dict[str, Profile] = {
         cell_timeout=900, pin_cpu=True,
     ),
     # The paper's settings on a real data directory: 224 px, 75 epochs, ImageNet weights, 48 runs (GPU).
-    "paper": Profile(name="paper"),
+    "paper": Profile(name="paper", ray_num_gpus=0.25),
 }
 
 

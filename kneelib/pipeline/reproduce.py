@@ -4,27 +4,32 @@ The notebooks in ``notebooks/`` run in order with papermill — the training not
 architecture × scheme, training the profile's seeds in turn — and write ``OUT/{notebooks,tables,figures}``.
 A finished run is skipped, a killed run is resumed, so an interrupted sweep continues where it stopped.
 Each training notebook's seed group is evaluated by the worker that trained it, while the others still
-train, so the result notebooks find the evaluation cached. Profiles that pin the CPU kernels
+train, so the result notebooks find the evaluation cached; the workers are local processes or Ray tasks
+(:mod:`~kneelib.pipeline.executors`). Profiles that pin the CPU kernels
 (:mod:`kneelib.cpu_pin`) set the pin before any process that computes is started.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from kneelib import cpu_pin
 from kneelib.errors import KneelibError
+from kneelib.pipeline.executors import (  # noqa: F401 - train_model: the sweep's task, importable here as before
+    LocalExecutor,
+    RayExecutor,
+    make_executor,
+    train_model,
+)
 from kneelib.pipeline.notebooks import (
-    NOTEBOOK_DIR,
     NOTEBOOKS,
     REPO_ROOT,
     notebook_parameters,
@@ -56,40 +61,32 @@ def run_finished(run_dir: Path) -> bool:
         return False
 
 
-def train_model(output: Path, parameters: dict[str, Any], timeout: int, split: str) -> float:
-    """Execute one model's ``03_train`` notebook, then evaluate its seed group into the sweep's cache
-    (a picklable pool task; returns the wall time in seconds)."""
-    t0 = time.time()
-    timed_notebook("03_train", output, parameters, timeout)
-    import torch
-
-    from kneelib.evaluate.sweep import evaluate_group
-
-    if parameters["threads"]:
-        torch.set_num_threads(parameters["threads"])
-    # The notebooks name the sweep's folders relative to notebooks/: evaluate with the same names, so the
-    # cache's record of them matches when 04/05 look it up.
-    os.chdir(NOTEBOOK_DIR)
-    out_dir = str(Path(parameters["runs_dir"]).parent)
-    evaluate_group(out_dir, parameters["data_dir"], parameters["arch"], parameters["scheme"],
-                   parameters["seeds"], split=split, device=parameters["device"], progress=False)
-    return time.time() - t0
-
-
 def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Path | None = None,
               device: str = "auto", real_data: str | Path | None = None,
-              log: Callable[[str], None] = print) -> Layout:
+              log: Callable[[str], None] = print, executor: str = "local",
+              ray_address: str | None = None) -> Layout:
     """Run the whole notebook sweep of ``profile``; returns where everything was written.
 
     Order: ``01_data``; ``03_train`` once per arch × scheme (``profile.jobs`` at a time, the costliest
     first), each followed by its group's evaluation; then ``02_se_blocks`` (it looks inside a trained SE
     model), ``04_ensemble``, ``05_results`` and ``06_predict``. The first failing notebook stops the sweep
-    (its partial output is kept).
+    (its partial output is kept). ``executor``: ``local`` (worker processes here) or ``ray`` (Ray tasks on a
+    local instance, or on the cluster at ``ray_address``; checked before anything runs).
     """
     if profile.pin_cpu:
         cpu_pin.apply()  # inherited by every kernel and worker started from here on
     layout = Layout(Path(out) if out else REPO_ROOT / "runs" / profile.name)
+    chosen = make_executor(executor, profile, layout.out, ray_address=ray_address)  # bad names: nothing made
     layout.out.mkdir(parents=True, exist_ok=True)
+    with chosen as runner:
+        if executor == "ray":
+            log(runner.describe())
+        return _sweep(profile, layout, runner, data=data, device=device, real_data=real_data, log=log)
+
+
+def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor, *, data: str | Path | None,
+           device: str, real_data: str | Path | None, log: Callable[[str], None]) -> Layout:
+    """:func:`reproduce` once its executor is ready."""
     started = time.time()
     data_dir = _prepare_data(profile, layout, data, log)
     if real_data is None:
@@ -115,16 +112,8 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
             log(f"[{next(counter)}/{total}] {output.stem}: finished earlier, skipped")
             continue
         todo.append((output, train_parameters(profile, layout, data_dir, arch, scheme, device=device)))
-    # Processes, not threads: papermill changes the working directory of the process it runs in.
-    with ProcessPoolExecutor(max_workers=max(1, profile.jobs), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(train_model, output, parameters, profile.cell_timeout, profile.split): output
-                   for output, parameters in todo}
-        try:
-            for future in as_completed(futures):
-                log(f"[{next(counter)}/{total}] {futures[future].stem}: done in {future.result():.1f} s")
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+    for output, seconds in runner.run(todo, timeout=profile.cell_timeout, split=profile.split):
+        log(f"[{next(counter)}/{total}] {output.stem}: done in {seconds:.1f} s")
     for name in ("02_se_blocks", "04_ensemble", "05_results", "06_predict"):
         step(name, layout.notebooks / f"{name}.ipynb", params[name])
     log(f"reproduce ({profile.name}) finished in {(time.time() - started) / 60:.1f} min: "
