@@ -34,7 +34,13 @@ def kneelib_imports(path: Path, me: str | None = None) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     me = me or module_name(path)
     found: set[str] = set()
+    # Imports under ``if TYPE_CHECKING:`` never run: they annotate, they do not depend.
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in node.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("kneelib"))
         elif isinstance(node, ast.ImportFrom):

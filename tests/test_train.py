@@ -287,3 +287,62 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+SCRATCH_TINY = {k: v for k, v in TINY.items() if k not in ("lr_step", "lr_gamma")}
+
+
+def test_recipes_set_their_fields_and_overrides_win() -> None:
+    paper = TrainConfig.from_recipe("paper", arch="resnet18")
+    assert paper == TrainConfig(arch="resnet18")  # the paper's recipe is the defaults
+    scratch = TrainConfig.from_recipe("scratch", arch="resnet18", lr=5e-4).validate()
+    assert (scratch.recipe, scratch.optimizer, scratch.schedule, scratch.lr) == ("scratch", "adamw", "cosine", 5e-4)
+    with pytest.raises(KneelibError, match="unknown recipe 'fast'; choose from paper, scratch"):
+        TrainConfig.from_recipe("fast", arch="resnet18")
+    for bad in ({"label_smoothing": 1.0}, {"ema_decay": -0.1}, {"optimizer": "sgd"}, {"schedule": "linear"},
+                {"warmup_epochs": -1}):
+        with pytest.raises(KneelibError):
+            TrainConfig.from_recipe("scratch", **{**SCRATCH_TINY, **bad}).validate()
+
+
+def test_scratch_recipe_resumes_exactly(data: Path, cache: DecodeCache, tmp_path: Path) -> None:
+    """Per-batch schedule, weight EMA and balanced sampling all survive a kill between epochs."""
+    config = TrainConfig.from_recipe("scratch", **SCRATCH_TINY)
+    straight = train(config, data_dir=data, out_dir=tmp_path / "a", progress=False, verbose=False, cache=cache)
+    out = tmp_path / "b"
+    train(config, data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache, stop_after_epoch=1)
+    train(config, data_dir=data, out_dir=out, resume=True, progress=False, verbose=False, cache=cache)
+    assert history_rows(out) == history_rows(straight)
+    a, b = (torch.load(r / "best.pt", weights_only=True) for r in (straight, out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lrs = [float(row["lr"]) for row in history_rows(straight)]
+    assert lrs[0] < lrs[1] and lrs[2] < lrs[1]  # warm-up during epoch 1, then cosine decay
+    assert "ema" in torch.load(straight / "last.pt", weights_only=True)
+    saved = json.loads((straight / "config.json").read_text())
+    assert saved["recipe"] == "scratch" and saved["balanced"] is True
+
+
+def test_runs_from_before_the_recipe_fields_still_resume() -> None:
+    old = TrainConfig(**TINY).to_dict()
+    for key in ("recipe", "optimizer", "schedule", "warmup_epochs", "label_smoothing", "ema_decay", "balanced"):
+        old.pop(key)
+    assert config_mismatch(old, TrainConfig(**TINY).to_dict()) == []
+    assert config_mismatch(old, TrainConfig.from_recipe("scratch", **SCRATCH_TINY).to_dict())
+
+
+def test_cli_recipe(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--data", str(data), "--arch", "resnet18", "--epochs", "1", "--image-size", "64",
+            "--batch-size", "4", "--limit", "6", "--device", "cpu", "--threads", "1"]
+    assert main([*args, "--recipe", "fast", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == "kneelib: error: unknown recipe 'fast'; choose from paper, scratch\n"
+    assert not (tmp_path / "x").exists()
+    assert main([*args, "--recipe", "scratch", "--lr", "-1", "--out", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "y").exists()
+    assert main([*args, "--out", str(tmp_path / "paper")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert notes == ["kneelib: note: the paper's recipe assumes ImageNet weights; from random weights use "
+                     "--recipe scratch"]
+    assert main([*args, "--recipe", "scratch", "--out", str(tmp_path / "scratch")]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "scratch" / "config.json").read_text())["optimizer"] == "adamw"

@@ -25,11 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--predictions", type=Path, metavar="CSV", help="write per-image predictions here")
     ev.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     ev.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
+    ev.add_argument("--tta", action="store_true",
+                    help="test-time augmentation: average each image's logits with its horizontal mirror's")
+    ev.add_argument("--calibrate", action="store_true",
+                    help="first fit each run's temperature on the val split (written to RUN_DIR/calibration.json); "
+                    "runs with a calibration.json are always evaluated with it")
     ev.set_defaults(func=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from kneelib.evaluate import (
+        calibrate_runs,
         evaluate_runs,
         format_summary,
         save_metrics,
@@ -37,8 +43,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     from kneelib.train.loop import run_status
 
+    if args.calibrate:
+        for name, record in calibrate_runs(args.run_dirs, args.data, device=args.device, batch_size=args.batch_size,
+                                           tta=args.tta).items():
+            print(f"{name}: temperature {record['temperature']:.3f} fitted on {record['fitted_on']} "
+                  f"(NLL {record['nll_before']:.3f} → {record['nll_after']:.3f}, "
+                  f"ECE {record['ece_before']:.3f} → {record['ece_after']:.3f})")
     metrics, predictions = evaluate_runs(
-        args.run_dirs, args.data, split=args.split, device=args.device, batch_size=args.batch_size
+        args.run_dirs, args.data, split=args.split, device=args.device, batch_size=args.batch_size, tta=args.tta
     )
     for name, path in metrics["runs"].items():
         status = run_status(path)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from kneelib.train.config import TrainConfig
+from kneelib.train.recipes import RECIPES
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -32,9 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"input size (default {d['image_size']})")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help=f"batch size (default {d['batch_size']})")
-    p.add_argument("--lr", type=float, default=d["lr"], help=f"Adam learning rate (default {d['lr']:g})")
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
-                   help=f"Adam weight decay (default {d['weight_decay']:g})")
+    p.add_argument("--recipe", default="paper", metavar="|".join(RECIPES),
+                   help="training recipe: paper (the paper's, for ImageNet weights; default) or scratch "
+                   "(warm-up + cosine, AdamW, label smoothing, weight EMA, balanced sampling: from random weights)")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: the recipe's; paper {d['lr']:g})")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"weight decay (default: the recipe's; paper {d['weight_decay']:g})")
     p.add_argument("--weights", default="none", metavar="none|imagenet|PATH",
                    help="initial weights (default none: random init)")
     p.add_argument("--clahe", action="store_true",
@@ -60,12 +65,15 @@ def run(args: argparse.Namespace) -> int:
     from kneelib.data.dataset import DecodeCache, default_cache_dir
     from kneelib.train import train
 
-    config = TrainConfig(
-        arch=args.arch, scheme=args.scheme, seed=args.seed, epochs=args.epochs,
-        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, weights=args.weights, clahe=args.clahe, limit=args.limit,
-        device=args.device, workers=args.workers, threads=args.threads,
-    )
+    overrides = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay)) if v is not None}
+    config = TrainConfig.from_recipe(
+        args.recipe, arch=args.arch, scheme=args.scheme, seed=args.seed, epochs=args.epochs,
+        image_size=args.image_size, batch_size=args.batch_size, weights=args.weights, clahe=args.clahe,
+        limit=args.limit, device=args.device, workers=args.workers, threads=args.threads, **overrides,
+    ).validate()
+    if config.recipe == "paper" and config.weights is None and not args.quiet and Path(args.data).exists():
+        print("kneelib: note: the paper's recipe assumes ImageNet weights; from random weights use "
+              "--recipe scratch", file=sys.stderr)
     cache = None
     if args.disk_cache is not None:
         cache = DecodeCache(args.disk_cache or default_cache_dir())

@@ -2,7 +2,8 @@
 
 :mod:`~kneelib.evaluate.runs` rebuilds a run from its ``config.json`` and runs it over images with the
 preprocessing it recorded; :mod:`~kneelib.evaluate.ensemble` is the paper's logit-mean ensemble;
-:mod:`~kneelib.evaluate.metrics` computes accuracy, QWK, MAE, F1, ROC-AUC with bootstrap CIs (sklearn);
+:mod:`~kneelib.evaluate.metrics` computes accuracy, QWK, MAE, F1, ROC-AUC, ECE with bootstrap CIs (sklearn);
+:mod:`~kneelib.evaluate.calibration` fits a temperature per run on its val split;
 :mod:`~kneelib.evaluate.evaluation` writes ``metrics.json`` and per-image predictions;
 :mod:`~kneelib.evaluate.sweep` evaluates a sweep's seed groups once and caches them under ``OUT/eval``.
 
@@ -10,9 +11,11 @@ May import: :mod:`kneelib.data`, :mod:`kneelib.models`, :mod:`kneelib.train` (ru
 ``errors``, ``atomic``.
 """
 
+from kneelib.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
 from kneelib.evaluate.ensemble import ensemble_probabilities, softmax
 from kneelib.evaluate.evaluation import (
     ALL_SPLITS,
+    calibrate_runs,
     evaluate_runs,
     format_summary,
     save_metrics,
@@ -43,6 +46,10 @@ __all__ = [
     "LoadedRun",
     "METRIC_KEYS",
     "as_device",
+    "calibrate_runs",
+    "expected_calibration_error",
+    "fit_temperature",
+    "reliability",
     "check_compatible",
     "compute_metrics",
     "ensemble_probabilities",

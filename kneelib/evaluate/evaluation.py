@@ -16,6 +16,7 @@ import torch
 from kneelib import atomic
 from kneelib.data.layout import discover, select_split, splits_present
 from kneelib.errors import KneelibError
+from kneelib.evaluate.calibration import calibration_record, save_calibration
 from kneelib.evaluate.ensemble import ensemble_probabilities, softmax
 from kneelib.evaluate.metrics import compute_metrics
 from kneelib.evaluate.runs import ENSEMBLE, as_device, forward, load_runs
@@ -65,6 +66,8 @@ def evaluate_runs(
     batch_size: int = 64,
     progress: bool | None = None,
     n_boot: int = 1000,
+    tta: bool = False,
+    calibrated: bool = True,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Evaluate each run and (with several) their ensemble on ``split`` of ``data_dir``.
 
@@ -72,14 +75,15 @@ def evaluate_runs(
     "scheme", "class_names", "runs": {name: path}}`` and a long per-image predictions DataFrame with
     columns ``model, path, grade, true, pred, p_<class>...``: one block of rows per run and, with
     several runs, one for ``model == "ensemble"`` (``grade`` is the KL grade, ``true``/``pred`` class
-    names).
+    names). ``tta``: horizontal-flip test-time augmentation; ``calibrated``: apply each run's fitted
+    temperature where it has one (``temperatures`` in the document).
     """
     runs = load_runs(run_dirs, device=as_device(device))
     scheme = runs[0].scheme
     samples = _split_samples(data_dir, split)
     y_true = np.array([scheme.encode(s.grade) for s in samples], dtype=np.int64)
     logits = forward(runs, [s.path for s in samples], batch_size=batch_size, progress=progress,
-                     desc=f"evaluate {split}")
+                     desc=f"evaluate {split}", tta=tta, calibrated=calibrated)
     names = list(scheme.class_names)
     models, frames = {}, []
     for run, z in zip(runs, logits):
@@ -98,9 +102,27 @@ def evaluate_runs(
         "data": str(data_dir),
         "scheme": scheme.name,
         "class_names": names,
+        "tta": tta,
+        "temperatures": {run.name: run.temperature if calibrated else 1.0 for run in runs},
         "runs": {run.name: str(run.path) for run in runs},
     }
     return metrics, pd.concat(frames, ignore_index=True)
+
+
+def calibrate_runs(run_dirs: Sequence[str | os.PathLike], data_dir: str | os.PathLike, *, split: str = "val",
+                   device: str | torch.device = "auto", batch_size: int = 64, progress: bool | None = None,
+                   tta: bool = False) -> dict[str, dict[str, Any]]:
+    """Fit each run's temperature on ``split`` (its validation split) and write ``RUN_DIR/calibration.json``."""
+    runs = load_runs(run_dirs, device=as_device(device))
+    samples = _split_samples(data_dir, split)
+    logits = forward(runs, [s.path for s in samples], batch_size=batch_size, progress=progress,
+                     desc=f"calibrate on {split}", tta=tta)
+    records = {}
+    for run, z in zip(runs, logits):
+        y_true = np.array([run.scheme.encode(s.grade) for s in samples], dtype=np.int64)
+        records[run.name] = calibration_record(z, y_true, split=split, data=str(data_dir))
+        save_calibration(run.path, records[run.name])
+    return records
 
 
 def _json_safe(obj: Any) -> Any:
@@ -137,9 +159,9 @@ def format_summary(metrics: dict[str, Any]) -> str:
         return "-" if x is None else format(x, spec)
 
     width = max(len("model"), *(len(n) for n, _ in rows))
-    lines = [f"{'model':<{width}}  {'n':>6}  {'accuracy':>8}  {'95% CI':>15}  {'qwk':>7}  {'f1_w':>6}"]
+    lines = [f"{'model':<{width}}  {'n':>6}  {'accuracy':>8}  {'95% CI':>15}  {'qwk':>7}  {'f1_w':>6}  {'ece':>6}"]
     for name, m in rows:
         ci = "[{}, {}]".format(*(f(v, ".3f") for v in m["ci"]["accuracy"]))
         lines.append(f"{name:<{width}}  {m['n']:>6}  {f(m['accuracy'], '.4f'):>8}  {ci:>15}  "
-                     f"{f(m['qwk'], '.4f'):>7}  {f(m['f1_weighted'], '.3f'):>6}")
+                     f"{f(m['qwk'], '.4f'):>7}  {f(m['f1_weighted'], '.3f'):>6}  {f(m.get('ece'), '.3f'):>6}")
     return "\n".join(lines)

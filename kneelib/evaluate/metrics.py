@@ -30,6 +30,7 @@ from sklearn.metrics import (
 
 if TYPE_CHECKING:
     from kneelib.data.schemes import Scheme
+from kneelib.evaluate.calibration import expected_calibration_error
 
 #: The keys of every metric dict ``M`` (in metrics.json order).
 METRIC_KEYS = (
@@ -38,6 +39,7 @@ METRIC_KEYS = (
     "balanced_accuracy",
     "qwk",
     "mae",
+    "ece",
     "precision_weighted",
     "recall_weighted",
     "f1_weighted",
@@ -201,6 +203,7 @@ def compute_metrics(
         "balanced_accuracy": _num(balanced),
         "qwk": qwk(y_true, y_pred, k),
         "mae": float(mean_absolute_error(y_true, y_pred)),
+        "ece": expected_calibration_error(y_true, probs),
     }
     for avg, (p, r, f, _) in averaged.items():
         metrics[f"precision_{avg}"] = float(p)

@@ -26,6 +26,7 @@ from kneelib.data.io import read_image
 from kneelib.data.schemes import Scheme, get_scheme
 from kneelib.data.transforms import NORMALIZE, preprocess, to_tensor
 from kneelib.errors import KneelibError
+from kneelib.evaluate.calibration import load_temperature
 from kneelib.models.registry import build_model
 from kneelib.models.weights import normalize_keys
 from kneelib.train.checkpoint import BEST, CONFIG, load_checkpoint, read_json
@@ -47,6 +48,7 @@ class LoadedRun:
     config: dict[str, Any]
     scheme: Scheme
     model: nn.Module
+    temperature: float = 1.0  # fitted on val (calibration.json); 1.0: uncalibrated
 
     @property
     def image_size(self) -> int:
@@ -151,7 +153,8 @@ def load_run(
                f"with {num_classes} classes")
     model.load_state_dict(state)
     model.to(as_device(device)).eval()
-    return LoadedRun(name=name or path.resolve().name, path=path, config=config, scheme=scheme, model=model)
+    return LoadedRun(name=name or path.resolve().name, path=path, config=config, scheme=scheme, model=model,
+                     temperature=load_temperature(path))
 
 
 def run_names(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -215,8 +218,13 @@ def forward(
     progress: bool | None = None,
     desc: str = "predict",
     reader: Callable[[ImageSource], np.ndarray] = _as_gray,
+    tta: bool = False,
+    calibrated: bool = False,
 ) -> list[np.ndarray]:
     """Logits (N, C) of every run for the images ``sources``, in order (one array per run).
+
+    ``tta``: the mean of the logits of each image and its horizontal mirror. ``calibrated``: each run's
+    logits divided by its fitted temperature (:mod:`kneelib.evaluate.calibration`).
 
     Images are decoded once and preprocessed once per distinct (size, CLAHE) of the runs; each batch
     goes through every run under ``torch.inference_mode()``. ``progress=None`` shows a tqdm bar only
@@ -235,8 +243,13 @@ def forward(
             for (size, clahe), members in groups.items():
                 batch = input_batch(grays, image_size=size, clahe=clahe)
                 for i in members:
-                    logits = runs[i].model(batch.to(runs[i].device))
-                    outputs[i].append(logits.float().cpu().numpy())
+                    x = batch.to(runs[i].device)
+                    logits = runs[i].model(x).float()
+                    if tta:
+                        logits = (logits + runs[i].model(x.flip(-1)).float()) / 2
+                    if calibrated:
+                        logits = logits / runs[i].temperature
+                    outputs[i].append(logits.cpu().numpy())
             bar.update(len(grays))
     num_classes = [r.scheme.num_classes for r in runs]
     return [

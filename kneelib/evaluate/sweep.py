@@ -26,10 +26,10 @@ from kneelib.evaluate.evaluation import evaluate_runs, save_metrics, save_predic
 def code_fingerprint() -> str:
     """A hash of the source of every module that turns a checkpoint into metrics."""
     from kneelib.data import dicom, io, pixels, transforms
-    from kneelib.evaluate import ensemble, evaluation, metrics, runs
+    from kneelib.evaluate import calibration, ensemble, evaluation, metrics, runs
 
     digest = hashlib.sha256()
-    for module in (runs, ensemble, evaluation, metrics, io, pixels, dicom, transforms):
+    for module in (runs, ensemble, calibration, evaluation, metrics, io, pixels, dicom, transforms):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

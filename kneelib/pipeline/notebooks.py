@@ -70,7 +70,8 @@ def train_parameters(profile: Profile, layout: Layout, data_dir: Path, arch: str
         "data_dir": _portable(data_dir, cwd), "runs_dir": _portable(layout.runs, cwd),
         "arch": arch, "scheme": scheme, "seeds": list(profile.seeds), "epochs": profile.epochs,
         "image_size": profile.image_size, "batch_size": profile.batch_size, "weights": profile.weights,
-        "clahe": profile.clahe, "limit": profile.limit, "device": device, "threads": profile.threads,
+        "recipe": profile.recipe, "clahe": profile.clahe, "limit": profile.limit, "device": device,
+        "threads": profile.threads,
     }
 
 

@@ -27,6 +27,7 @@ class Profile:
     image_size: int = 224
     batch_size: int = 32
     weights: str = "imagenet"
+    recipe: str = "paper"  # training recipe (kneelib.train.recipes): paper, or scratch for random weights
     limit: int = 0  # 0 = every image
     clahe: bool = False
     synth_per_grade: int = 0  # > 0: generate synthetic data when no --data is given
@@ -56,6 +57,8 @@ PROFILES: dict[str, Profile] = {
     ),
     # The paper's settings on a real data directory: 224 px, 75 epochs, ImageNet weights, 48 runs (GPU).
     "paper": Profile(name="paper", ray_num_gpus=0.25),
+    # The paper's grid and sizes from random weights (no ImageNet available): the scratch recipe (GPU).
+    "scratch": Profile(name="scratch", weights="none", recipe="scratch", ray_num_gpus=0.25),
 }
 
 

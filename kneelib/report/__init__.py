@@ -18,6 +18,7 @@ from kneelib.report.figures import (
     learning_curves_figure,
     prediction_figure,
     probability_figure,
+    reliability_figure,
     roc_figure,
     save_figure,
     se_excitation_figure,
@@ -40,6 +41,6 @@ __all__ = [
     "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "bilateral_figure", "explained_examples", "heatmap_figure",
     "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",
-    "prediction_figure", "probability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
+    "prediction_figure", "probability_figure", "reliability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
     "se_excitation_figure", "select_model", "table1", "table6",
 ]

@@ -330,3 +330,35 @@ def se_excitation_figure(excitations: Mapping[str, np.ndarray], *, image_labels:
         axes[0].legend(fontsize="x-small", loc="lower right")
     fig.suptitle(title)
     return _freeze(fig)
+
+
+# --------------------------------------------------------------------------- calibration (beyond the paper)
+def reliability_figure(predictions: pd.DataFrame, class_names: Sequence[str], *, model: str | None = None,
+                       bins: int = 10, title: str = "Reliability diagram") -> Figure:
+    """Accuracy against confidence per confidence bin (the diagonal is perfect calibration), the ECE in
+    the legend and the share of images per bin below."""
+    from kneelib.evaluate.calibration import expected_calibration_error, reliability
+
+    rows = select_model(predictions, model)
+    probs = rows[_prob_columns(rows, class_names)].to_numpy(dtype=float)
+    y_true = _class_index(rows["true"], class_names)
+    data = reliability(y_true, probs, bins=bins)
+    ece = expected_calibration_error(y_true, probs, bins=bins)
+    fig = Figure(figsize=(4.6, 5.2))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    edges = np.linspace(0, 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    acc = np.nan_to_num(np.array(data["accuracy"], dtype=float))
+    top.bar(centres, acc, width=1 / bins, edgecolor="black", alpha=0.8, label=f"accuracy (ECE {ece:.3f})")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(title)
+    counts = np.array(data["count"], dtype=float)
+    bottom.bar(centres, counts / max(counts.sum(), 1), width=1 / bins, color="grey", edgecolor="black")
+    bottom.set_xlabel("confidence (top-class probability)")
+    bottom.set_ylabel("share")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    return _freeze(fig)

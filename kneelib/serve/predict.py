@@ -78,7 +78,7 @@ class Predictor:
     def logits(self, images: Sequence[ImageSource], *, batch_size: int = 32,
                progress: bool | None = False) -> list[np.ndarray]:
         """Each run's logits (N, C) for image paths or uint8 grayscale arrays."""
-        return forward(self.runs, list(images), batch_size=batch_size, progress=progress)
+        return forward(self.runs, list(images), batch_size=batch_size, progress=progress, calibrated=True)
 
     def probabilities(self, images: Sequence[ImageSource], **kwargs: Any) -> np.ndarray:
         """Class probabilities (N, C): the single run's softmax, or the ensemble's."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kneelib.errors import KneelibError
+from kneelib.train.recipes import OPTIMIZERS, SCHEDULES, recipe_fields
 
 if TYPE_CHECKING:  # heavy modules (torch, cv2) load lazily: the CLI imports this for its defaults
     from kneelib.data.layout import Sample
@@ -43,6 +44,13 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_step: int = 5
     lr_gamma: float = 0.95
+    recipe: str = "paper"  # the named recipe these fields came from (kneelib.train.recipes)
+    optimizer: str = "adam"  # adam (L2 weight decay, the paper) or adamw (decoupled)
+    schedule: str = "step"  # step (lr x lr_gamma every lr_step epochs, the paper) or cosine (per batch)
+    warmup_epochs: int = 0  # cosine: linear warm-up over this many epochs (at most half the run)
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
+    balanced: bool = False  # draw training images class-balanced (with replacement)
     weights: str | None = None
     clahe: bool = False
     limit: int | None = None
@@ -67,6 +75,7 @@ class TrainConfig:
 
         get_spec(self.arch)
         get_scheme(self.scheme)
+        recipe_fields(self.recipe)
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.image_size >= 64, "image size must be at least 64"),
@@ -75,6 +84,11 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight decay must not be negative"),
             (self.lr_step >= 1, "lr step must be at least 1"),
             (0 < self.lr_gamma <= 1, "lr gamma must be in (0, 1]"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.warmup_epochs >= 0, "warm-up epochs must not be negative"),
+            (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (0 <= self.ema_decay < 1, "EMA decay must be in [0, 1)"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
             (self.workers is None or self.workers >= 0, "workers must not be negative"),
             (self.threads is None or self.threads >= 1, "threads must be at least 1"),
@@ -83,6 +97,11 @@ class TrainConfig:
             if not ok:
                 raise KneelibError(message)
         return self
+
+    @classmethod
+    def from_recipe(cls, recipe: str = "paper", **fields: Any) -> TrainConfig:
+        """A config of a named recipe (:data:`kneelib.train.recipes.RECIPES`); ``fields`` override it."""
+        return cls(**{**recipe_fields(recipe), "recipe": recipe, **fields})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields."""
@@ -146,9 +165,7 @@ def run_config(config: TrainConfig, *, scheme: Scheme, data_dir: str | os.PathLi
         "num_classes": scheme.num_classes,
         "normalize": {"mean": mean, "std": std},
         "clahe_params": {"clip_limit": CLAHE_CLIP_LIMIT, "tile_grid": list(CLAHE_TILE_GRID)},
-        "optimizer": "adam",
         "loss": "cross_entropy",
-        "lr_schedule": "step",
         "augmentation": "paper (random order: hflip, affine ±10° scale 0.9-1.1, jitter 0.33)",
         "selection": "best val accuracy (ties keep the earlier epoch)",
         "data_dir": str(Path(data_dir).resolve()),
@@ -167,6 +184,9 @@ def run_config(config: TrainConfig, *, scheme: Scheme, data_dir: str | os.PathLi
 
 def config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: saved → current`` for every hyperparameter (and the data hash) that differs."""
-    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RUNTIME_FIELDS]
-    keys.append("data_hash")
-    return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.name not in RUNTIME_FIELDS]
+    # A run written before a field existed was trained with that field's default.
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    keys = [f.name for f in fields] + ["data_hash"]
+    return [f"{k}: {saved.get(k, defaults.get(k))!r} → {current.get(k)!r}" for k in keys
+            if saved.get(k, defaults.get(k)) != current.get(k)]
