@@ -23,30 +23,13 @@ CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Top-label ECE: the sample-weighted mean |accuracy − confidence| over equal-width confidence bins."""
-    y_true = np.asarray(y_true)
-    probs = np.asarray(probs, dtype=np.float64)
-    if y_true.size == 0:
-        return float("nan")
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
-
-
 def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> dict[str, list[float]]:
-    """Per confidence bin: mean confidence, accuracy and count (the data of a reliability diagram)."""
+    """Per equal-width bin of top-class probability: mean confidence, accuracy and count (the data of a
+    reliability diagram; empty bins hold NaN)."""
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
+    confidence = probs.max(axis=1) if probs.size else np.zeros(0)
+    correct = probs.argmax(axis=1) == y_true if probs.size else np.zeros(0, dtype=bool)
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     out: dict[str, list[float]] = {"confidence": [], "accuracy": [], "count": []}
@@ -56,6 +39,16 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> 
         out["confidence"].append(float(confidence[mask].mean()) if mask.any() else float("nan"))
         out["accuracy"].append(float(correct[mask].mean()) if mask.any() else float("nan"))
     return out
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: the sample-weighted mean |accuracy − confidence| over :func:`reliability`'s bins."""
+    table = reliability(y_true, probs, bins)
+    total = sum(table["count"])
+    if total == 0:
+        return float("nan")
+    return float(sum(n / total * abs(acc - conf) for n, acc, conf
+                     in zip(table["count"], table["accuracy"], table["confidence"]) if n))
 
 
 def _nll(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> float:
