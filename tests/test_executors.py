@@ -161,7 +161,11 @@ def test_a_killed_ray_task_is_retried_and_resumes(local_sweep: tuple[Layout, lis
                 worker = ray_task_process(output.stem)
                 if status["epoch"] >= 1 and not status["finished"] and worker is not None:
                     kernels = [p for p in worker.children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
-                    os.kill(worker.pid, signal.SIGKILL)
+                    # Everything on the "lost node" dies at once: the worker and the notebook kernel it
+                    # started. (A kernel left alone exits about a second after its parent, and on a loaded
+                    # machine may finish the run's last epoch first; the retry then rightly finds it done.)
+                    for process in (worker, *kernels):
+                        os.kill(process.pid, signal.SIGKILL)
                     killed.update(pid=worker.pid, seed=seed, epoch=status["epoch"], kernels=kernels)
                     break
             time.sleep(0.02)

@@ -3,9 +3,9 @@
 ``paper`` is the paper's recipe (Adam 1e-3, weight decay 1e-4, lr × 0.95 every 5 epochs), which assumes
 ImageNet-pretrained weights. ``scratch`` is for training from random weights (offline machines, no
 ImageNet): a linear warm-up and cosine decay stepped per batch, AdamW with decoupled weight decay,
-label smoothing, an exponential moving average of the weights, and class-balanced sampling — each
-ingredient kept because removing it cost validation accuracy in the ablation of the README's
-"Real data, from scratch" section.
+label smoothing, an exponential moving average of the weights, and class-balanced sampling. Its first
+CPU measurement and ablations are in the README's "Real data, from scratch" section and
+``benchmarks/results/recipe_ablation_cpu.json``; the recipe is not settled yet.
 """
 
 from __future__ import annotations
