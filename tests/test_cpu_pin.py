@@ -52,7 +52,8 @@ def test_the_pin_reaches_the_training_notebooks_kernels(tmp_path: Path, monkeypa
     from kneelib.pipeline import get_profile
     from kneelib.pipeline.notebooks import train_parameters
     from kneelib.pipeline.profiles import Layout
-    from kneelib.pipeline.reproduce import _prepare_data, train_model
+    from kneelib.pipeline.executors import train_model
+    from kneelib.pipeline.reproduce import _prepare_data
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 

@@ -80,7 +80,7 @@ def test_training_notebooks_can_run_in_worker_processes() -> None:
     import pickle
 
     from kneelib.pipeline import timed_notebook
-    from kneelib.pipeline.reproduce import train_model
+    from kneelib.pipeline.executors import train_model
 
     assert pickle.loads(pickle.dumps(timed_notebook)) is timed_notebook
     assert pickle.loads(pickle.dumps(train_model)) is train_model

@@ -52,8 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     layout = reproduce(profile, data=args.data, out=args.out, device=args.device, real_data=args.real_data,
                        executor=args.executor, ray_address=args.ray_address)
     if args.update_notebooks:
-        featured = f"{profile.featured_arch}_{profile.featured_scheme}"
-        for path in update_committed_notebooks(layout, train_model=featured):
+        featured = (profile.featured_arch, profile.featured_scheme)
+        for path in update_committed_notebooks(layout, featured=featured):
             print(f"updated {path}")
         print(f"updated {write_reference(layout, profile.name)}")
     return 0

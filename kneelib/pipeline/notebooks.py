@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kneelib.atomic import write_text
 from kneelib.errors import KneelibError
 from kneelib.train.config import run_name
 from kneelib.pipeline.profiles import Layout, Profile
@@ -105,8 +106,6 @@ def execute_notebook(name: str, output: Path, parameters: dict[str, Any], *, tim
             f"the partial executed notebook is kept at {output}"
         ) from None
     timings = strip_volatile_metadata(output)
-    from kneelib.atomic import write_text
-
     # Where a notebook's time goes (the rest of its wall time is kernel start-up and papermill itself).
     write_text(output.parent / "timings" / f"{output.stem}.json", json.dumps(timings, indent=1) + "\n")
 
@@ -140,21 +139,19 @@ def strip_volatile_metadata(path: Path) -> list[dict[str, Any]]:
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
-    from kneelib.atomic import write_text
-
     write_text(path, nbformat.writes(nb) + "\n")
     return timings
 
 
-def update_committed_notebooks(layout: Layout, *, train_model: str | None = None) -> list[Path]:
+def update_committed_notebooks(layout: Layout, *, featured: tuple[str, str] | None = None) -> list[Path]:
     """Copy the executed notebooks of a sweep over ``notebooks/`` (their outputs become the nbval reference).
 
-    ``train_model``: which model's training notebook (``<arch>_<scheme>``) becomes ``03_train``."""
+    ``featured``: the ``(arch, scheme)`` whose training notebook becomes ``03_train``."""
     copied = []
     for name in NOTEBOOKS:
         if name == "03_train":
             runs = sorted((layout.notebooks / "train").glob("03_train_*.ipynb"))
-            chosen = [p for p in runs if train_model and p.stem == f"03_train_{train_model}"] or runs[:1]
+            chosen = [p for p in runs if featured and p.stem == train_notebook_name(*featured)] or runs[:1]
             src = chosen[0] if chosen else None
         else:
             src = layout.notebooks / f"{name}.ipynb"

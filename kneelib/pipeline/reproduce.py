@@ -23,12 +23,7 @@ from typing import Any
 
 from kneelib import cpu_pin
 from kneelib.errors import KneelibError
-from kneelib.pipeline.executors import (  # noqa: F401 - train_model: the sweep's task, importable here as before
-    LocalExecutor,
-    RayExecutor,
-    make_executor,
-    train_model,
-)
+from kneelib.pipeline.executors import LocalExecutor, RayExecutor, make_executor
 from kneelib.pipeline.notebooks import (
     NOTEBOOKS,
     REPO_ROOT,
