@@ -45,6 +45,22 @@ def test_profiles_and_overrides() -> None:
         get_profile("huge")
 
 
+def test_jobs_are_sized_from_free_gpu_memory_and_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kneelib.pipeline.profiles import RUN_GPU_GIB, resolve_jobs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    paper = get_profile("paper")
+    assert paper.jobs == 0 and get_profile("smoke").jobs == 2
+    assert resolve_jobs(get_profile("smoke"), "cuda", free_gpu_bytes=10**12) == 2  # a set value wins
+    assert resolve_jobs(paper, "cpu", free_gpu_bytes=0) == 1  # no GPU: one run at a time
+    gib = 2**30
+    assert resolve_jobs(paper, "cuda", free_gpu_bytes=int(3.5 * RUN_GPU_GIB * gib)) == 3  # memory-bound
+    assert resolve_jobs(paper, "cuda", free_gpu_bytes=int(0.5 * RUN_GPU_GIB * gib)) == 1  # at least one
+    assert resolve_jobs(paper, "cuda", free_gpu_bytes=140 * gib) == 8  # 16 cores: 8 processes
+    assert resolve_jobs(get_profile("paper", archs=["resnet18"], schemes=["kl5"]), "cuda",
+                        free_gpu_bytes=140 * gib) == 1  # never more than the models
+
+
 def test_run_finished_reads_status(tmp_path: Path) -> None:
     assert not run_finished(tmp_path)
     (tmp_path / "status.json").write_text(json.dumps({"finished": False, "epoch": 1}))

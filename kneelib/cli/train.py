@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="DataLoader worker processes (default: 0 on CPU, up to 8 with a GPU)")
     p.add_argument("--threads", type=int, default=d["threads"], metavar="N",
                    help="torch CPU threads (default: torch's choice; 1 on a busy shared machine)")
+    p.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
+                   help="keep the images on the device and augment whole batches there (default auto: on a GPU)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on a GPU, launch every step eagerly instead of replaying a CUDA graph")
     p.add_argument("--limit", type=int, default=d["limit"], metavar="N",
                    help="use at most N images per split (grade-stratified, for quick runs)")
     p.add_argument("--disk-cache", nargs="?", const="", default=None, metavar="DIR",
@@ -69,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig.from_recipe(
         args.recipe, arch=args.arch, scheme=args.scheme, seed=args.seed, epochs=args.epochs,
         image_size=args.image_size, batch_size=args.batch_size, weights=args.weights, clahe=args.clahe,
-        limit=args.limit, device=args.device, workers=args.workers, threads=args.threads, **overrides,
+        limit=args.limit, device=args.device, workers=args.workers, threads=args.threads,
+        data_on_device={"auto": None, "yes": True, "no": False}[args.data_on_device],
+        cuda_graphs=not args.no_cuda_graphs, **overrides,
     ).validate()
     if config.recipe == "paper" and config.weights is None and not args.quiet and Path(args.data).exists():
         print("kneelib: note: the paper's recipe assumes ImageNet weights; from random weights use "

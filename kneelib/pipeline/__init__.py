@@ -18,7 +18,7 @@ from kneelib.pipeline.notebooks import (
     timed_notebook,
     update_committed_notebooks,
 )
-from kneelib.pipeline.profiles import ALL_ARCHS, PROFILES, Layout, Profile, get_profile
+from kneelib.pipeline.profiles import ALL_ARCHS, PROFILES, Layout, Profile, get_profile, resolve_jobs
 from kneelib.pipeline.reproduce import reproduce, run_finished
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "make_executor",
     "parameters_cell_names",
     "reproduce",
+    "resolve_jobs",
     "run_finished",
     "timed_notebook",
     "train_model",

@@ -37,7 +37,7 @@ class Profile:
     featured_arch: str = "se_densenet121"  # the ensemble of Table 6 and Figs. 5-7
     featured_scheme: str = "kl4"
     threads: int = 0  # torch threads per run (0 = torch's default)
-    jobs: int = 1  # training notebooks (one model, all seeds) executed at once
+    jobs: int = 0  # training notebooks (one model, all seeds) executed at once (0: resolve_jobs decides)
     pin_cpu: bool = False  # pin every library's CPU kernels to AVX2 (kneelib.cpu_pin): same results on any x86-64
     cell_timeout: int = 0  # seconds one notebook cell may run (0 = no limit): a hung kernel fails the sweep
     split: str = "test"  # the split the tables are computed on
@@ -47,12 +47,13 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # The README's main job: synthetic data, all 48 runs, tiny images, a few epochs, on a laptop CPU.
-    # Single-threaded runs, three at a time: on a 2-core machine one run's start-up (kernel, imports)
-    # overlaps the others' training. Batch 8 gives the from-scratch models more steps per image seen.
+    # Single-threaded runs, two at a time: on 2 cores a third job only time-slices (each epoch took
+    # 2.3x longer than alone, not 1.5x); the sweep took 7.0 min with 2 jobs against 7.3 with 3.
+    # Batch 8 gives the from-scratch models more steps per image seen.
     # At 64 px realistic KL signs are a pixel or two wide: the smoke data draws them 3x stronger.
     "smoke": Profile(
         name="smoke", epochs=3, image_size=64, batch_size=8, weights="none",
-        synth_per_grade=45, synth_size=64, synth_signs=3.0, synth_bilateral=3, threads=1, jobs=3,
+        synth_per_grade=45, synth_size=64, synth_signs=3.0, synth_bilateral=3, threads=1, jobs=2,
         cell_timeout=900, pin_cpu=True,
     ),
     # The paper's settings on a real data directory: 224 px, 75 epochs, ImageNet weights, 48 runs (GPU).
@@ -60,6 +61,41 @@ PROFILES: dict[str, Profile] = {
     # The paper's grid and sizes from random weights (no ImageNet available): the scratch recipe (GPU).
     "scratch": Profile(name="scratch", weights="none", recipe="scratch", ray_num_gpus=0.25),
 }
+
+
+#: GPU memory one training run may take at batch 32, 224 px under bf16 autocast, with its data on the device and
+#: its train and eval CUDA graphs: an upper bound for the eight architectures, to be replaced by the
+#: peak measured by ``benchmarks/gpu_check.py`` (not yet run: no GPU in development).
+RUN_GPU_GIB = 8.0
+
+
+def resolve_jobs(profile: Profile, device: str = "auto", *, free_gpu_bytes: int | None = None) -> int:
+    """How many training notebooks run at once: the profile's ``jobs`` when set; else, on a GPU, as many
+    as fit in 90% of its free memory (:data:`RUN_GPU_GIB` each) and half the CPU cores (each run's
+    Python process needs a core to launch its kernels), at most one per model; else 1."""
+    if profile.jobs > 0:
+        return profile.jobs
+    if free_gpu_bytes is None:
+        free_gpu_bytes = _free_gpu_bytes(device)
+    if not free_gpu_bytes:
+        return 1
+    import os
+
+    by_memory = int(0.9 * free_gpu_bytes // (RUN_GPU_GIB * 2**30))
+    by_cpu = max(1, (os.cpu_count() or 2) // 2)
+    return max(1, min(by_memory, by_cpu, len(profile.archs) * len(profile.schemes)))
+
+
+def _free_gpu_bytes(device: str) -> int:
+    """Free memory of the first CUDA device when ``device`` is auto or cuda and one exists, else 0."""
+    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+    return int(torch.cuda.mem_get_info(index)[0])
 
 
 def get_profile(name: str, **overrides: Any) -> Profile:

@@ -11,6 +11,7 @@ train, so the result notebooks find the evaluation cached; the workers are local
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -32,7 +33,7 @@ from kneelib.pipeline.notebooks import (
     train_notebook_name,
     train_parameters,
 )
-from kneelib.pipeline.profiles import Layout, Profile
+from kneelib.pipeline.profiles import Layout, Profile, resolve_jobs
 from kneelib.pipeline.reference import check_sweep, load_reference
 from kneelib.train.config import run_name
 
@@ -71,6 +72,9 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
     if profile.pin_cpu:
         cpu_pin.apply()  # inherited by every kernel and worker started from here on
     layout = Layout(Path(out) if out else REPO_ROOT / "runs" / profile.name)
+    if profile.jobs <= 0:
+        profile = dataclasses.replace(profile, jobs=resolve_jobs(profile, device))
+        log(f"{profile.jobs} training notebook(s) at once")
     chosen = make_executor(executor, profile, layout.out, ray_address=ray_address)  # bad names: nothing made
     layout.out.mkdir(parents=True, exist_ok=True)
     with chosen as runner:

@@ -22,7 +22,7 @@ __all__ = ["TrainConfig", "RUNTIME_FIELDS", "run_config", "config_mismatch", "da
            "limit_samples"]
 
 #: Fields that say where a run executes, not what it computes: they may change on ``--resume``.
-RUNTIME_FIELDS = ("device", "workers", "threads")
+RUNTIME_FIELDS = ("device", "workers", "threads", "data_on_device", "cuda_graphs")
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int | None = None
     threads: int | None = None
+    data_on_device: bool | None = None  # images on the device, batched augmentation (None: on CUDA only)
+    cuda_graphs: bool = True  # on CUDA, replay each full-batch step from a CUDA graph
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, os.PathLike):

@@ -13,16 +13,16 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from kneelib.data.batched import DeviceBatches
 from kneelib.data.dataset import DecodeCache, KneeDataset
 from kneelib.data.layout import discover, select_split
 from kneelib.data.schemes import get_scheme
@@ -37,6 +37,7 @@ from kneelib.train.config import (
     limit_samples,
     run_config,
 )
+from kneelib.train.steps import EagerStep, GraphedStep, make_step
 
 __all__ = ["TrainConfig", "train", "run_status"]
 
@@ -78,20 +79,28 @@ def _remove_stale_temps(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _order(dataset: KneeDataset, config: TrainConfig, epoch: int | None,
+           generator: torch.Generator | None = None) -> list[int]:
+    """Training order of ``epoch`` (seeded shuffle, or class-balanced draws), file order for validation."""
+    n = len(dataset)
+    if epoch is None:
+        return list(range(n))
+    if generator is None:
+        generator = torch.Generator().manual_seed(runtime.derive_seed(config.seed, epoch, 1))
+    if config.balanced:  # each class drawn equally often, with replacement
+        weights = recipes.class_balanced_weights(dataset.targets)
+        return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+    return torch.randperm(n, generator=generator).tolist()
+
+
 def _loader(dataset: KneeDataset, config: TrainConfig, *, epoch: int | None, workers: int,
             cuda: bool) -> DataLoader:
     """Batches in a seeded order for training (``epoch`` given) or in file order for validation."""
     n = len(dataset)
     generator = torch.Generator().manual_seed(runtime.derive_seed(config.seed, epoch or 0, 1))
+    order = _order(dataset, config, epoch, generator)
     if epoch is not None:
         dataset.set_epoch(epoch)
-        if config.balanced:  # each class drawn equally often, with replacement
-            weights = recipes.class_balanced_weights(dataset.targets)
-            order = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
-        else:
-            order = torch.randperm(n, generator=generator).tolist()
-    else:
-        order = list(range(n))
     return DataLoader(dataset, batch_size=config.batch_size, sampler=order, num_workers=workers,
                       pin_memory=cuda, drop_last=epoch is not None and _drops_last(n, config.batch_size),
                       generator=generator, worker_init_fn=_worker_init, persistent_workers=False)
@@ -113,45 +122,55 @@ def _worker_init(worker_id: int) -> None:
     runtime.seed_everything(torch.initial_seed() % 2**63)
 
 
-def _run_epoch(model: nn.Module, loader: DataLoader, device: torch.device, *,
+class _LazyStep:
+    """A step built from the first batch it sees (a CUDA graph is captured on a real batch's shape)."""
+
+    def __init__(self, build: Callable[[torch.Tensor], EagerStep | GraphedStep]) -> None:
+        self.build, self.step = build, None
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.step is None:
+            self.step = self.build(images)
+        return self.step(images, targets)
+
+
+def _run_epoch(model: nn.Module, loader: Iterable, device: torch.device, *,
                optimizer: torch.optim.Optimizer | None, bar: bool, desc: str,
                memory_format: torch.memory_format, label_smoothing: float = 0.0,
                step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-               ema: nn.Module | None = None) -> tuple[float, float, int]:
+               ema: nn.Module | None = None,
+               step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+               total: int | None = None) -> tuple[float, float, int]:
     """One pass; trains when ``optimizer`` is given. Returns (mean loss, accuracy, images seen).
 
-    Training steps ``step_scheduler`` after every batch (per-step schedules) and updates ``ema``.
-    Sums stay on the device (no host sync per batch on a GPU); CUDA runs under bf16 autocast.
+    ``step`` runs a batch (default: an eager :class:`~kneelib.train.steps.EagerStep`). Training steps
+    ``step_scheduler`` after every batch (per-step schedules) and updates ``ema``. Sums stay on the
+    device (no host sync per batch on a GPU); CUDA runs under bf16 autocast.
     """
     cuda = device.type == "cuda"
     training = optimizer is not None
     model.train(training)
+    step = step or EagerStep(model, optimizer, device, label_smoothing=label_smoothing)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
     grad = contextlib.nullcontext() if training else torch.inference_mode()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    with grad, tqdm(loader, desc=desc, leave=False, disable=not bar, unit="batch",
+    with grad, tqdm(loader, desc=desc, leave=False, disable=not bar, unit="batch", total=total,
                     file=sys.stderr) as batches:
-        for step, (images, targets) in enumerate(batches):
+        for i, (images, targets) in enumerate(batches):
             images = images.to(device, non_blocking=cuda, memory_format=memory_format)
             targets = targets.to(device, non_blocking=cuda)
-            with autocast:
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+            loss, logits = step(images, targets)
             if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 if step_scheduler is not None:
                     step_scheduler.step()
                 if ema is not None:
                     ema.update_parameters(model)
             n = targets.numel()
-            total_loss += loss.detach().double() * n
-            correct += (logits.detach().argmax(1) == targets).sum()
+            total_loss += loss.double() * n
+            correct += (logits.argmax(1) == targets).sum()
             seen += n
-            if bar and step % 10 == 0:
+            if bar and i % 10 == 0:
                 batches.set_postfix(loss=f"{float(total_loss) / seen:.3f}",
                                     acc=f"{int(correct) / seen:.1%}", refresh=False)
     total_loss, correct = float(total_loss), int(correct)
@@ -224,6 +243,12 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
     datasets = {name: KneeDataset(s, scheme, image_size=config.image_size, train=name == "train",
                                   clahe=config.clahe, cache=cache, progress=bar, seed=config.seed)
                 for name, s in splits.items()}
+    on_device = config.data_on_device if config.data_on_device is not None else cuda
+    graphs = cuda and config.cuda_graphs
+    device_data = ({name: DeviceBatches(ds.images, ds.targets, device, augment=ds.train, seed=config.seed)
+                    for name, ds in datasets.items()} if on_device else None)
+    meta["execution"] = _execution(on_device, "cuda graph" if graphs else "eager", None if graphs else
+                                   ("CUDA graphs switched off" if cuda else "a CPU runs eagerly"))
     resuming = state == "resume" and (out / ckpt.LAST).is_file()
     runtime.seed_everything(config.seed)
     model = build_model(config.arch, num_classes=scheme.num_classes,  # resume: last.pt has weights
@@ -232,10 +257,26 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
     model = model.to(device, memory_format=memory_format)
     # The fused kernel does the same update; on a CPU at batch 8 it cuts the step from ~1/3 of the
     # iteration (ResNet-50: 0.20 s -> 0.06 s of 0.61 s) to a tenth.
-    optimizer = recipes.make_optimizer(model, config, fused=device.type in ("cpu", "cuda"))
+    optimizer = recipes.make_optimizer(model, config, fused=device.type in ("cpu", "cuda"), capturable=graphs)
     scheduler, per_step = recipes.make_scheduler(optimizer, config,
                                                  _train_steps(len(datasets["train"]), config.batch_size))
     ema = recipes.make_ema(model, config.ema_decay)
+    kept = model if ema is None else ema.module  # the weights validated and kept
+
+    def lazy_step(module: nn.Module, opt: torch.optim.Optimizer | None, smoothing: float) -> _LazyStep:
+        return _LazyStep(lambda example: make_step(
+            module, opt, device, batch_size=config.batch_size, example=example,
+            num_classes=scheme.num_classes, label_smoothing=smoothing, graphs=graphs, log=say))
+
+    def batches(name: str, epoch: int | None) -> Iterable:
+        dataset = datasets[name]
+        if device_data is None:
+            return _loader(dataset, config, epoch=epoch, workers=workers, cuda=cuda)
+        drop = epoch is not None and _drops_last(len(dataset), config.batch_size)
+        return device_data[name].batches(_order(dataset, config, epoch), config.batch_size, epoch=epoch or 0,
+                                         drop_last=drop, memory_format=memory_format)
+
+    train_step, val_step = lazy_step(model, optimizer, config.label_smoothing), lazy_step(kept, None, 0.0)
     start, best_acc, best_epoch, history = 0, -math.inf, None, []
     if resuming:
         last = ckpt.load_checkpoint(out / ckpt.LAST)
@@ -257,20 +298,28 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
         ckpt.write_json(out / ckpt.STATUS, {"finished": False, "epoch": 0, "best_epoch": None,
                                             "best_val_acc": None})
 
+    steps_per_epoch = _train_steps(len(datasets["train"]), config.batch_size)
     for epoch in range(start + 1, config.epochs + 1):
         tic = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc, n_train = _run_epoch(
-            model, _loader(datasets["train"], config, epoch=epoch, workers=workers, cuda=cuda),
-            device, optimizer=optimizer, bar=bar, desc=f"epoch {epoch}/{config.epochs} train",
-            memory_format=memory_format, label_smoothing=config.label_smoothing,
-            step_scheduler=scheduler if per_step else None, ema=ema)
-        train_seconds = time.perf_counter() - tic
-        kept = model if ema is None else ema.module  # the weights validated and kept
-        val_loss, val_acc, _ = _run_epoch(
-            kept, _loader(datasets["val"], config, epoch=None, workers=workers, cuda=cuda),
-            device, optimizer=None, bar=bar, desc=f"epoch {epoch}/{config.epochs} val",
-            memory_format=memory_format)
+        lr = float(optimizer.param_groups[0]["lr"])
+        try:
+            train_loss, train_acc, n_train = _run_epoch(
+                model, batches("train", epoch), device, optimizer=optimizer, bar=bar,
+                desc=f"epoch {epoch}/{config.epochs} train", memory_format=memory_format,
+                label_smoothing=config.label_smoothing, step_scheduler=scheduler if per_step else None,
+                ema=ema, step=train_step, total=steps_per_epoch)
+            train_seconds = time.perf_counter() - tic
+            val_loss, val_acc, _ = _run_epoch(
+                kept, batches("val", None), device, optimizer=None, bar=bar,
+                desc=f"epoch {epoch}/{config.epochs} val", memory_format=memory_format, step=val_step)
+        except torch.cuda.OutOfMemoryError:
+            raise KneelibError(f"{out}: out of GPU memory at batch size {config.batch_size} "
+                               f"({runtime.gpu_memory(device)}); lower --batch-size or run fewer runs at "
+                               f"once (--resume continues after epoch {epoch - 1})") from None
+        if epoch == start + 1 and cuda:  # the path the steps took (a capture may have fallen back)
+            meta["execution"] = _execution(on_device, train_step.step.path, train_step.step.why)
+            ckpt.write_json(out / ckpt.CONFIG, {**ckpt.read_json(out / ckpt.CONFIG),
+                                                "execution": meta["execution"]})
         if not per_step:
             scheduler.step()
         improved = val_acc > best_acc
@@ -298,6 +347,12 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
         ckpt.write_json(out / ckpt.STATUS, {"finished": True, "epoch": start, "best_epoch": best_epoch,
                                             "best_val_acc": best_acc})
     return out
+
+
+def _execution(on_device: bool, step: str, why_eager: str | None) -> dict[str, str | None]:
+    """``config.json``'s record of how the run executed: where the data lived, how steps ran."""
+    return {"data": "on the device, batched augmentation (kornia)" if on_device
+            else "host, per-image augmentation (PIL) in a DataLoader", "step": step, "why_eager": why_eager}
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -38,11 +38,19 @@ def recipe_fields(name: str) -> dict[str, Any]:
     return dict(RECIPES[name])
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
-    """Adam (the paper: L2 weight decay) or AdamW (decoupled weight decay)."""
+def make_optimizer(model: nn.Module, config: TrainConfig, *, fused: bool,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam (the paper: L2 weight decay) or AdamW (decoupled weight decay).
+
+    ``capturable``: state and learning rate live on the model's device (the lr as a tensor, which
+    schedules update in place), so the update can be captured in a CUDA graph."""
     import torch
 
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    if capturable:
+        device = next(model.parameters()).device
+        return kind(model.parameters(), lr=torch.tensor(config.lr, device=device),
+                    weight_decay=config.weight_decay, fused=fused, capturable=True)
     return kind(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 

@@ -15,7 +15,7 @@ import torch
 from kneelib.errors import KneelibError
 
 __all__ = ["resolve_device", "seed_everything", "rng_state", "set_rng_state", "versions",
-           "git_commit", "default_workers", "derive_seed", "memory_format"]
+           "git_commit", "default_workers", "derive_seed", "memory_format", "gpu_memory"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -46,6 +46,17 @@ def memory_format(device: torch.device, arch: str | None = None) -> torch.memory
     if device.type != "cuda" and arch in CPU_CONTIGUOUS_ARCHS:
         return torch.contiguous_format
     return torch.channels_last
+
+
+def gpu_memory(device: torch.device) -> str:
+    """``"X GiB free of Y GiB"`` of a CUDA device (for out-of-memory messages)."""
+    if device.type != "cuda":
+        return "not a GPU"
+    try:
+        free, total = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return "GPU memory unknown"
+    return f"{free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
 
 
 def default_workers(device: torch.device) -> int:

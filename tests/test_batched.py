@@ -1,0 +1,163 @@
+"""The GPU fast path on CPU tensors: batched augmentation against the PIL path, device-resident batches,
+training with the data on the device, step fallbacks, and the out-of-memory message."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fakes import make_tiny_dataset
+from PIL import Image
+
+from kneelib.data.batched import BatchedAugmentation, DeviceBatches
+from kneelib.data.transforms import paper_augmentation
+from kneelib.errors import KneelibError
+from kneelib.models.registry import build_model
+from kneelib.train import TrainConfig, train
+from kneelib.train import loop as train_loop
+from kneelib.train.steps import EagerStep, _Snapshot, make_step
+
+TINY = dict(arch="resnet18", epochs=2, image_size=64, batch_size=4, seed=5, device="cpu", data_on_device=True)
+N_DRAWS = 1500
+
+
+def _test_image(size: int = 64) -> np.ndarray:
+    """A bright left half, a gradient right half, a dark square: flips, warps and jitter all show."""
+    image = np.zeros((size, size), np.uint8)
+    image[:, : size // 2] = 190
+    image[:, size // 2:] = np.linspace(60, 140, size - size // 2, dtype=np.uint8)
+    image[size // 4: size // 2, size // 4: size // 2] = 20
+    return image
+
+
+def _summaries(batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image statistics of float images in [0, 1], ``N×S×S``."""
+    half = batch.shape[-1] // 2
+    return {"mean": batch.mean((1, 2)), "std": batch.std((1, 2)),
+            "black": (batch < 0.5 / 255).mean((1, 2)),  # zero-filled corners (and nothing else)
+            "left_brighter": (batch[:, :, :half].mean((1, 2)) > batch[:, :, half:].mean((1, 2))).astype(float)}
+
+
+@pytest.fixture(scope="module")
+def both_paths() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    image = _test_image()
+    augment = paper_augmentation()
+    pil = []
+    for i in range(N_DRAWS):
+        torch.manual_seed(1000 + i)
+        pil.append(np.asarray(augment(Image.fromarray(image)), np.float32) / 255.0)
+    torch.manual_seed(7)
+    batched = BatchedAugmentation()(torch.from_numpy(image)[None, None].repeat(N_DRAWS, 1, 1, 1))
+    return _summaries(np.stack(pil)), _summaries(batched[:, 0].numpy())
+
+
+@pytest.mark.parametrize("stat", ["mean", "std", "black", "left_brighter"])
+def test_batched_augmentation_matches_the_pil_path(both_paths, stat: str) -> None:
+    pil, batched = both_paths[0][stat], both_paths[1][stat]
+    # The mean of the statistic over 1,500 draws agrees within 4 standard errors, its spread within 15%.
+    se = np.sqrt(pil.var() / N_DRAWS + batched.var() / N_DRAWS)
+    assert abs(pil.mean() - batched.mean()) < 4 * se + 1e-3, (pil.mean(), batched.mean())
+    if stat != "left_brighter":
+        assert batched.std() == pytest.approx(pil.std(), rel=0.15)
+
+
+def test_batched_parameters_are_the_papers_and_independent_per_image() -> None:
+    augment = BatchedAugmentation()
+    torch.manual_seed(0)
+    out = augment(torch.full((400, 1, 32, 32), 100, dtype=torch.uint8))
+    angle, scale = augment.affine._params["angle"], augment.affine._params["scale"][:, 0]
+    assert angle.abs().max() <= 10 and angle.std() == pytest.approx(20 / 12 ** 0.5, rel=0.15)
+    assert 0.9 <= scale.min() and scale.max() <= 1.1
+    brightness = augment.jitter._params["brightness_factor"]
+    assert 0.67 <= brightness.min() and brightness.max() <= 1.33
+    assert len(torch.unique(out.mean((1, 2, 3)))) > 300  # a draw per image, not one per batch
+    assert out.dtype == torch.float32 and out.shape == (400, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+def test_batched_augmentation_rejects_float_input() -> None:
+    with pytest.raises(ValueError, match="uint8 N×1×S×S"):
+        BatchedAugmentation()(torch.zeros(2, 1, 8, 8))
+
+
+def test_device_batches_are_seeded_by_epoch_and_step() -> None:
+    images = [torch.randint(0, 256, (1, 16, 16), dtype=torch.uint8) for _ in range(10)]
+    targets = torch.arange(10) % 5
+    data = DeviceBatches(images, targets, "cpu", augment=True, seed=3)
+    order = list(reversed(range(10)))
+
+    def epoch(e: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return list(data.batches(order, 4, epoch=e, drop_last=True))
+
+    first, again, other = epoch(1), epoch(1), epoch(2)
+    assert [x.shape for x, _ in first] == [(4, 3, 16, 16)] * 2  # 10 = 4 + 4 (+ 2 dropped)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, again))
+    assert not torch.equal(first[0][0], other[0][0])
+    assert first[0][1].tolist() == [targets[i].item() for i in order[:4]]
+    plain = DeviceBatches(images, targets, "cpu", augment=False)
+    x, _ = next(plain.batches(range(10), 10))
+    assert torch.allclose(x[:, 0], torch.stack(images)[:, 0].float() / 127.5 - 1)  # normalised, no change
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with (run / "history.csv").open(newline="") as fh:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(fh)]
+
+
+def test_training_with_data_on_the_device_resumes_exactly(data: Path, tmp_path: Path) -> None:
+    straight = train(TrainConfig(**TINY), data_dir=data, out_dir=tmp_path / "a", progress=False, verbose=False)
+    execution = json.loads((straight / "config.json").read_text())["execution"]
+    assert execution["data"].startswith("on the device") and execution["step"] == "eager"
+    resumed = tmp_path / "b"
+    train(TrainConfig(**TINY), data_dir=data, out_dir=resumed, progress=False, verbose=False, stop_after_epoch=1)
+    train(TrainConfig(**TINY), data_dir=data, out_dir=resumed, resume=True, progress=False, verbose=False)
+    assert _rows(resumed) == _rows(straight)
+    host = train(TrainConfig(**{**TINY, "data_on_device": False}), data_dir=data, out_dir=tmp_path / "c",
+                 progress=False, verbose=False)
+    assert json.loads((host / "config.json").read_text())["execution"]["data"].startswith("host")
+
+
+def test_steps_fall_back_to_eager_on_a_cpu_and_snapshots_restore() -> None:
+    model = build_model("resnet18", num_classes=5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    step = make_step(model, optimizer, torch.device("cpu"), batch_size=4, example=x, num_classes=5)
+    assert isinstance(step, EagerStep) and "CUDA device" in step.why
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    snapshot = _Snapshot(model, optimizer)
+    for _ in range(2):
+        step(x, y)
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    snapshot.restore()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.count_nonzero(t) == 0 for s in optimizer.state.values() for t in s.values())
+
+
+def test_out_of_gpu_memory_is_one_line_and_the_run_stays_resumable(data: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    real = train_loop._run_epoch
+    calls = {"n": 0}
+
+    def run_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2's training pass
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "_run_epoch", run_epoch)
+    out = tmp_path / "oom"
+    with pytest.raises(KneelibError) as err:
+        train(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False)
+    message = str(err.value)
+    assert "\n" not in message and "out of GPU memory at batch size 4" in message and "--resume" in message
+    monkeypatch.setattr(train_loop, "_run_epoch", real)
+    train(TrainConfig(**TINY), data_dir=data, out_dir=out, resume=True, progress=False, verbose=False)
+    assert json.loads((out / "status.json").read_text())["finished"] is True
