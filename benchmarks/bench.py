@@ -267,12 +267,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="naive epoch in channels_last too (default: channels-first, as the paper)")
     p.add_argument("--skip-models", action="store_true")
     p.add_argument("--skip-epoch", action="store_true")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", "--json", dest="out", type=Path, default=None,
                    help="JSON file (default benchmarks/results/bench-<date>.json)")
+    p.add_argument("--device", default="cpu", help="cpu (model steps and epochs against the reference), or "
+                   "cuda: kneelib's training loop eager and graphed, the data paths, the paper profile's time")
+    p.add_argument("--train-loop", action="store_true", help="the cuda benchmark on --device cpu (a check)")
+    p.add_argument("--steps", type=int, default=60, help="cuda: timed training steps per architecture and mode")
+    p.add_argument("--limit", type=int, default=None, help="cuda: at most this many images per split")
+    p.add_argument("--workers", type=int, default=None, help="cuda: DataLoader workers of the per-image paths")
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
     args = p.parse_args(argv)
     if args.quick:
         p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
+    if args.device != "cpu" and not args.quick:  # the paper's batch, and warm-up steps that include the graph capture
+        p.set_defaults(batch_size=32, warmup=5)
         args = p.parse_args(argv)
     if min(args.image_size - 63, args.batch_size - 1, args.iters, args.threads, args.epoch_images,
            args.epoch_batch_size - 1) < 1 or args.warmup < 0:
@@ -280,9 +289,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
+    """``--device cuda``: the report of :func:`gpu_bench.gpu_benchmark`, written to ``--json``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gpu_bench
+
+    device = runtime.resolve_device(args.device)
+    if not args.data.is_dir():
+        raise KneelibError(f"{args.data}: data folder not found (pass --data)")
+    report = gpu_bench.gpu_benchmark(args.data, args.archs, device, reference=(naive_transform, _symlink_tree),
+                                     image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
+                                     warmup=args.warmup, limit=args.limit, workers=args.workers, log=log)
+    report["date"] = datetime.now().isoformat(timespec="seconds")
+    report["git_commit"] = runtime.git_commit()[0]
+    out = args.out or REPO / "benchmarks" / "results" / f"gpu-{datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, json.dumps(report, indent=2) + "\n")
+    print(gpu_bench.markdown(report))
+    print(f"\nwritten: {out}")
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write the JSON; returns the report."""
     args = parse_args(argv)
+    if args.device != "cpu" or args.train_loop:
+        return gpu_main(args)
     if not args.skip_epoch and not args.data.is_dir():
         raise KneelibError(f"{args.data}: data folder not found (pass --data or --skip-epoch)")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -46,6 +46,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "scratch - EMA": ("scratch", {"ema_decay": 0.0}),
     "scratch - balanced sampling": ("scratch", {"balanced": False}),
     "scratch - peak lr 2e-3 (1e-3)": ("scratch", {"lr": 1e-3}),
+    # Both ingredients whose single removal gained accuracy, removed together; then label smoothing too.
+    "scratch - EMA - balanced": ("scratch", {"ema_decay": 0.0, "balanced": False}),
+    "scratch - EMA - balanced - label smoothing": ("scratch", {"ema_decay": 0.0, "balanced": False,
+                                                              "label_smoothing": 0.0}),
 }
 
 

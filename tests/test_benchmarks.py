@@ -50,3 +50,25 @@ def test_quick_defaults_and_missing_data(tmp_path: Path) -> None:
         bench.main(["--quick", "--skip-models", "--data", str(tmp_path / "nope"),
                     "--out", str(tmp_path / "b.json")])
     assert not (tmp_path / "b.json").exists()
+
+
+def test_train_loop_benchmark_writes_the_gpu_report_schema(tmp_path: Path) -> None:
+    """``bench.py --device cuda`` on a CPU (``--train-loop``): the same code path, tiny settings."""
+    bench = _load_bench()
+    data = make_tiny_dataset(tmp_path / "data", train_per_grade=4, size=64)
+    out = tmp_path / "gpu.json"
+    report = bench.main(["--device", "cpu", "--train-loop", "--archs", "resnet18", "--image-size", "64",
+                         "--batch-size", "4", "--steps", "2", "--warmup", "1", "--workers", "0",
+                         "--data", str(data), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["device"].startswith("cpu") and saved == json.loads(json.dumps(report))
+    assert set(saved["train_loop"]["resnet18"]) == {"eager", "graph"}
+    assert all(v > 0 for v in saved["train_loop"]["resnet18"].values())
+    detail = saved["train_loop_detail"]["resnet18"]["graph"]
+    assert detail["path"] == "eager" and "CUDA device" in detail["why_eager"]  # no graph without a GPU
+    assert set(saved["data_path"]) >= {"batched", "pil", "reference"}
+    assert all(saved["data_path"][k] > 0 for k in ("batched", "pil", "reference"))
+    # one architecture's 2 schemes x 3 seeds x 75 epochs of 5,778 + 826 images at the measured rates
+    rates = saved["train_loop_detail"]["resnet18"]["graph"]
+    expected = 6 * 75 * (5778 / rates["images_per_s"] + 826 / rates["eval_images_per_s"]) / 60
+    assert saved["paper_profile_minutes"] == pytest.approx(expected, rel=0.01)
