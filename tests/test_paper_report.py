@@ -303,3 +303,11 @@ def test_prediction_figure_with_and_without_truth() -> None:
     assert "true KL 3, predicted KL 2 (wrong)" in fig.axes[1].get_title()
     fig = prediction_figure(gray, [0.1, 0.6, 0.2, 0.1], ["0-1", "2", "3", "4"])
     assert fig.axes[1].get_title() == "predicted KL 2"
+
+
+def test_format_table_takes_bare_format_specs_and_templates() -> None:
+    """``formats={"col": ".1f"}`` (as 03_train passes) prints the number, not the spec."""
+    import pandas as pd
+
+    df = pd.DataFrame({"a": [61.234], "b": [0.5]}, index=pd.Index([21], name="seed"))
+    assert "| 21 | 61.2 | 0.50 |" in report.format_table(df, formats={"a": ".1f", "b": "{:.2f}"})

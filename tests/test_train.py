@@ -306,8 +306,8 @@ def test_recipes_set_their_fields_and_overrides_win() -> None:
 
 
 def test_scratch_recipe_resumes_exactly(data: Path, cache: DecodeCache, tmp_path: Path) -> None:
-    """Per-batch schedule, weight EMA and balanced sampling all survive a kill between epochs."""
-    config = TrainConfig.from_recipe("scratch", **SCRATCH_TINY)
+    """Per-batch schedule, weight EMA and balanced sampling (options beside the recipe) survive a kill."""
+    config = TrainConfig.from_recipe("scratch", **SCRATCH_TINY, ema_decay=0.999, balanced=True, label_smoothing=0.1)
     straight = train(config, data_dir=data, out_dir=tmp_path / "a", progress=False, verbose=False, cache=cache)
     out = tmp_path / "b"
     train(config, data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache, stop_after_epoch=1)

@@ -1,7 +1,8 @@
 """Tables (with the paper's numbers beside ours) and figures — the import point of the report layer.
 
 The code lives in :mod:`kneelib.report.tables`, :mod:`kneelib.report.figures` and
-:mod:`kneelib.report.explain` (Grad-CAM and bilateral figures); import from here.
+:mod:`kneelib.report.explain` (Grad-CAM and bilateral figures) and :mod:`kneelib.report.recipes` (the
+training-recipe ablation); import from here.
 Pure functions of metrics dicts, prediction/history DataFrames and arrays; the only I/O is the optional
 :func:`save_table` / :func:`save_figure` (atomic, deterministic bytes).
 """
@@ -24,6 +25,7 @@ from kneelib.report.figures import (
     se_excitation_figure,
     select_model,
 )
+from kneelib.report.recipes import ablation_table, load_ablation, recipe_curves_figure
 from kneelib.report.tables import (
     RESULT_COLUMNS,
     RESULT_SUMMARY_COLUMNS,
@@ -38,7 +40,8 @@ from kneelib.report.tables import (
 )
 
 __all__ = [
-    "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "bilateral_figure", "explained_examples", "heatmap_figure",
+    "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "ablation_table", "load_ablation", "recipe_curves_figure",
+    "bilateral_figure", "explained_examples", "heatmap_figure",
     "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",
     "prediction_figure", "probability_figure", "reliability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",

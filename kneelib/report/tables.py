@@ -284,7 +284,8 @@ def _fmt(value: Any, fmt: str | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, (float, np.floating)):
-        return (fmt or "{:.3f}").format(float(value))
+        fmt = fmt or "{:.3f}"  # "{:.1f}" or a bare format spec such as ".1f"
+        return fmt.format(float(value)) if "{" in fmt else format(float(value), fmt)
     return str(value).replace("|", "\\|")
 
 

@@ -285,6 +285,7 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
             if ema is not None:
                 ema.load_state_dict(last["ema"])
             optimizer.load_state_dict(last["optimizer"])
+            recipes.lr_to_device(optimizer, device)  # a capturable optimizer's lr lives on the GPU
             scheduler.load_state_dict(last["scheduler"])
             runtime.set_rng_state(last["rng"])
         except (KeyError, RuntimeError, ValueError) as exc:

@@ -1,0 +1,61 @@
+"""The recipe ablation's table and learning curves (kneelib.report.recipes), and the committed results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kneelib import report
+from kneelib.errors import KneelibError
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "recipe_ablation_cpu.json"
+
+
+def _variant(acc: float, epoch1: tuple[float, float]) -> dict:
+    return {"epoch1_val_acc": list(epoch1), "left_prior_epoch1": [a > 0.41 for a in epoch1],
+            "heldout_accuracy": {"s21": acc - 0.01, "s42": acc + 0.01},
+            "ensemble": {"accuracy": acc, "qwk": 0.6, "mae": 0.7},
+            "ensemble_ci": {"accuracy": [acc - 0.03, acc + 0.03]},
+            "history": {f"s{s}": {"epoch": [1, 2], "train_loss": [1.4, 1.2], "val_acc": [epoch1[i], acc]}
+                        for i, s in enumerate((21, 42))}}
+
+
+RESULTS = {"conditions": {"val_prime_majority": 0.396},
+           "variants": {"paper": _variant(0.49, (0.45, 0.43)), "better": _variant(0.525, (0.44, 0.40))}}
+
+
+def test_ablation_table_rows_and_difference_to_the_baseline() -> None:
+    table = report.ablation_table(RESULTS, baseline="paper")
+    assert list(table.index) == ["paper", "better"]
+    assert table.loc["better", "vs paper (points)"] == pytest.approx(3.5)
+    assert table.loc["paper", "vs paper (points)"] == 0
+    assert table.loc["better", "left the prior in epoch 1"] == "1 of 2"
+    assert table.loc["paper", "left the prior in epoch 1"] == "all seeds"
+    assert table.loc["better", "ensemble acc % (95% CI)"] == "52.5 (49.5–55.5)"
+    assert "| +3.5 |" in report.format_table(table) and "| 0.60 |" in report.format_table(table)
+
+
+def test_curves_figure_and_errors(tmp_path: Path) -> None:
+    fig = report.recipe_curves_figure(RESULTS)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2 * 3 + 1  # 2 seeds + mean each, majority line
+    bare = {"variants": {"paper": {k: v for k, v in RESULTS["variants"]["paper"].items() if k != "history"}}}
+    with pytest.raises(KneelibError, match="learning curves"):
+        report.recipe_curves_figure(bare)
+    with pytest.raises(KneelibError, match="not found"):
+        report.load_ablation(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"conditions": {}}))
+    with pytest.raises(KneelibError, match="no 'variants'"):
+        report.load_ablation(tmp_path / "bad.json")
+
+
+def test_committed_ablation_is_complete() -> None:
+    """Every variant of the committed measurement has both seeds, an ensemble and its learning curves."""
+    results = report.load_ablation(COMMITTED)
+    assert {"paper", "scratch v1"} <= set(results["variants"])
+    assert [n for n in results["variants"] if n.startswith("scratch (")]  # the current recipe
+    for name, v in results["variants"].items():
+        assert len(v["heldout_accuracy"]) == 2 and set(v["history"]) == {"s21", "s42"}, name
+        assert all(len(h["val_acc"]) == results["conditions"]["epochs"] for h in v["history"].values()), name
+    report.ablation_table(results)
