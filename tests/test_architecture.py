@@ -148,3 +148,19 @@ def test_the_checker_sees_lazy_and_from_imports(tmp_path: Path) -> None:
     assert "kneelib.pipeline" in imports
     with pytest.raises(AssertionError, match="a higher layer"):
         check_layers("kneelib.data.probe", imports)
+
+
+def test_the_cli_and_training_import_without_the_notebook_and_clinic_packages() -> None:
+    """A GPU machine may lack papermill, pydicom, grad-cam, ipywidgets, Ray and kornia: ``kneelib train`` and
+    ``benchmarks/bench.py`` must still start (those packages are imported where they are used)."""
+    import subprocess
+    import sys
+
+    blocked = ("papermill", "pydicom", "pytorch_grad_cam", "ipywidgets", "nbformat", "ray", "kornia", "onnxscript")
+    code = ("import sys\n"
+            f"for m in {blocked!r}: sys.modules[m] = None\n"
+            "from kneelib.cli import build_parser\n"
+            "import kneelib.train.loop, kneelib.data.batched, kneelib.evaluate\n"
+            "build_parser().parse_args(['train', '--data', 'd', '--arch', 'resnet18', '--out', 'o'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

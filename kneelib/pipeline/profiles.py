@@ -47,8 +47,8 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # The README's main job: synthetic data, all 48 runs, tiny images, a few epochs, on a laptop CPU.
-    # Single-threaded runs, two at a time: on 2 cores a third job only time-slices (each epoch took
-    # 2.3x longer than alone, not 1.5x); the sweep took 7.0 min with 2 jobs against 7.3 with 3.
+    # Single-threaded runs, two at a time (one per core): a third job only time-slices them (each epoch took
+    # 2.3x as long as alone, not 1.5x). The whole sweep took 7.0 and 7.4 min with 2 jobs, 7.3 with 3.
     # Batch 8 gives the from-scratch models more steps per image seen.
     # At 64 px realistic KL signs are a pixel or two wide: the smoke data draws them 3x stronger.
     "smoke": Profile(

@@ -24,9 +24,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.models.densenet import DenseNet
 
@@ -101,6 +98,9 @@ def _cam(run: LoadedRun, batch: torch.Tensor, target: int | None) -> np.ndarray:
     """Grad-CAM maps (N, S, S) in [0, 1] of ``run`` for a preprocessed batch."""
     model = run.model
     layer = target_layer(model, str(run.config["arch"]))
+    from pytorch_grad_cam import GradCAM  # imported here: `kneelib train` must not need it
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     was_training = model.training
     with torch.inference_mode(False), torch.enable_grad(), relu_not_inplace(model):
         # a leaf that needs grad: the hooked activations get gradients even with frozen weights
@@ -169,6 +169,8 @@ def overlay(image_u8: np.ndarray, cam: np.ndarray, *, image_weight: float = 0.5)
     h, w = img.shape[:2]
     if cam.shape != (h, w):
         cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     rgb = np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img
     return show_cam_on_image(rgb.astype(np.float32) / 255.0, np.clip(cam, 0.0, 1.0), use_rgb=True,
                              image_weight=image_weight)
