@@ -59,3 +59,6 @@ def test_committed_ablation_is_complete() -> None:
         assert len(v["heldout_accuracy"]) == 2 and set(v["history"]) == {"s21", "s42"}, name
         assert all(len(h["val_acc"]) == results["conditions"]["epochs"] for h in v["history"].values()), name
     report.ablation_table(results)
+    check = report.third_seed_table(results)
+    assert list(check.index) == ["paper", "scratch"]
+    assert report.third_seed_table({"variants": {}}) is None

@@ -25,7 +25,7 @@ from kneelib.report.figures import (
     se_excitation_figure,
     select_model,
 )
-from kneelib.report.recipes import ablation_table, load_ablation, recipe_curves_figure
+from kneelib.report.recipes import ablation_table, load_ablation, recipe_curves_figure, third_seed_table
 from kneelib.report.tables import (
     RESULT_COLUMNS,
     RESULT_SUMMARY_COLUMNS,
@@ -41,6 +41,7 @@ from kneelib.report.tables import (
 
 __all__ = [
     "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "ablation_table", "load_ablation", "recipe_curves_figure",
+    "third_seed_table",
     "bilateral_figure", "explained_examples", "heatmap_figure",
     "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",

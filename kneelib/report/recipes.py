@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 from kneelib.errors import KneelibError
 from kneelib.train.checkpoint import read_json
 
-__all__ = ["load_ablation", "ablation_table", "recipe_curves_figure"]
+__all__ = ["load_ablation", "ablation_table", "third_seed_table", "recipe_curves_figure"]
 
 
 def load_ablation(path: str | Path) -> dict[str, Any]:
@@ -54,6 +54,27 @@ def ablation_table(results: Mapping[str, Any], *, baseline: str = "paper") -> pd
         })
     table = pd.DataFrame(rows).set_index("variant")
     table.attrs["formats"] = {f"vs {baseline} (points)": "+.1f", "ensemble QWK": ".2f", "ensemble MAE": ".2f"}
+    return table
+
+
+def third_seed_table(results: Mapping[str, Any]) -> pd.DataFrame | None:
+    """The check made after the choice (``third_seed`` in the results): each recipe's third seed and its
+    3-seed ensemble on the held-out split; None when the results have no such check."""
+    check = results.get("third_seed")
+    if not check:
+        return None
+    rows = []
+    for recipe, v in check.items():
+        if not isinstance(v, Mapping):
+            continue
+        ens, single = v["ensemble3"], list(v["heldout_accuracy"].values())
+        rows.append({"recipe": recipe, "seed-84 epoch-1 val′ acc %": _pct(v["seed84_epoch1_val_acc"]),
+                     "held-out acc % s21 / s42 / s84": " / ".join(_pct(a) for a in single),
+                     "mean of the 3 %": _pct(sum(single) / len(single)),
+                     "3-seed ensemble acc % (95% CI)": f"{_pct(ens['accuracy'])} ({_pct(ens['ci'][0])}–{_pct(ens['ci'][1])})",
+                     "ensemble QWK": round(ens["qwk"], 2), "ensemble MAE": round(ens["mae"], 2)})
+    table = pd.DataFrame(rows).set_index("recipe")
+    table.attrs["formats"] = {"ensemble QWK": ".2f", "ensemble MAE": ".2f"}
     return table
 
 
