@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--image-size", type=int, help="override the profile's image size")
     p.add_argument("--split", help="split the tables are computed on (default test; real data here: val)")
-    p.add_argument("--jobs", type=int, help="training notebooks (one model, all seeds) run at once (smoke: 2; paper, scratch: sized from free GPU memory, else 1)")
+    p.add_argument("--jobs", type=int, help="training notebooks (one model, all seeds) run at once (smoke: 3; paper, scratch: sized from free GPU memory, else 1)")
     p.add_argument("--executor", default="local", metavar="local|ray",
                    help="where the training notebooks run: local worker processes (default) or Ray tasks "
                    "(pip install -e '.[ray]')")
