@@ -1,7 +1,8 @@
 """The paper's augmentation for a whole batch at once, and a split's images resident on the device.
 
 The per-image path (:class:`~kneelib.data.dataset.KneeDataset` in a DataLoader) draws each image's
-augmentation with PIL; it stays the default on a CPU, where it is faster. On a GPU the decoded uint8
+augmentation with PIL; it stays the default on a CPU, where the data is a small part of a training step
+(measured: the same epoch time either way) and the committed smoke numbers come from it. On a GPU the decoded uint8
 crops of a split live on the device as one ``N×1×S×S`` tensor (:class:`DeviceBatches`): a batch is an
 index into it, augmented there by :class:`BatchedAugmentation` (kornia, an independent draw per image),
 with no worker processes and no host-to-device copy per step. The same code runs on CPU tensors.
