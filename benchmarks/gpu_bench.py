@@ -12,7 +12,7 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def load_split(data: Path, split: str, *, image_size: int, train: bool, limit: i
 
 
 def _cycle_batches(data: DeviceBatches, batch_size: int, steps: int, memory_format: torch.memory_format
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]] | Any:
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` training batches drawn through the device path (new epochs as needed)."""
     n = len(data)
     epochs = itertools.count(1)
@@ -61,18 +61,17 @@ def _cycle_batches(data: DeviceBatches, batch_size: int, steps: int, memory_form
     return itertools.islice(batches, steps)
 
 
-def train_loop_speed(arch: str, train: KneeDataset, val: KneeDataset, device: torch.device, *,
+def train_loop_speed(arch: str, data: DeviceBatches, held: DeviceBatches, device: torch.device, *,
                      graphs: bool, batch_size: int = 32, steps: int = 60, warmup: int = 5) -> dict[str, Any]:
-    """Images/s of kneelib's training loop (data on the device, batched augmentation, ``_run_epoch``)
-    for ``steps`` full batches after ``warmup`` (capture included there), and of its evaluation pass."""
+    """Images/s of kneelib's training loop (``data``: the train split on the device, augmented;
+    ``_run_epoch``) for ``steps`` full batches after ``warmup`` (capture included there), and of its
+    evaluation pass over ``held`` (the val split on the device)."""
     config = TrainConfig.from_recipe("scratch", arch=arch, batch_size=batch_size, weights=None)
     fmt = runtime.memory_format(device, arch)
     runtime.seed_everything(0)
     model = build_model(arch, num_classes=5).to(device, memory_format=fmt)
     capturable = graphs and device.type == "cuda"
     optimizer = recipes.make_optimizer(model, config, fused=True, capturable=capturable)
-    data = DeviceBatches(train.images, train.targets, device, augment=True)
-    held = DeviceBatches(val.images, val.targets, device, augment=False)
     example = next(iter(data.batches(range(batch_size), batch_size)))[0]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -113,15 +112,14 @@ def _epoch_rate(iterate: Callable[[], int]) -> float:
     return round(n / (time.perf_counter() - start), 1)
 
 
-def data_path_speed(train: KneeDataset, device: torch.device, *, workers: int, reference: Reference,
-                    batch_size: int = 32) -> dict[str, Any]:
+def data_path_speed(train: KneeDataset, batched: DeviceBatches, device: torch.device, *, workers: int,
+                    reference: Reference, batch_size: int = 32) -> dict[str, Any]:
     """Images/s of one training epoch's batches without a model: batched on the device, kneelib's
     per-image PIL path in DataLoader workers, and the reference code's (ImageFolder, decoding every epoch).
 
     ``reference``: ``(transform for an image size, function linking samples into an ImageFolder tree)``,
     bench.py's naive pipeline."""
     naive_transform, symlink_tree = reference
-    batched = DeviceBatches(train.images, train.targets, device, augment=True)
     order = torch.randperm(len(batched), generator=torch.Generator().manual_seed(0)).tolist()
 
     def device_epoch() -> int:
@@ -173,18 +171,21 @@ def gpu_benchmark(data: Path, archs: Sequence[str], device: torch.device, *, ref
     """The report ``bench.py --device cuda --json FILE`` writes."""
     train = load_split(data, "train", image_size=image_size, train=True, limit=limit)
     val = load_split(data, "val", image_size=image_size, train=False, limit=limit)
+    on_device = DeviceBatches(train.images, train.targets, device, augment=True)  # once, shared by every run
+    held = DeviceBatches(val.images, val.targets, device, augment=False)
     loop: dict[str, dict[str, Any]] = {}
     for arch in archs:
         loop[arch] = {}
         for mode in ("eager", "graph"):
-            loop[arch][mode] = train_loop_speed(arch, train, val, device, graphs=mode == "graph",
+            loop[arch][mode] = train_loop_speed(arch, on_device, held, device, graphs=mode == "graph",
                                                 batch_size=batch_size, steps=steps, warmup=warmup)
             log(f"[train loop] {arch} {mode}: {loop[arch][mode]['images_per_s']} img/s "
                 f"({loop[arch][mode]['path']}), eval {loop[arch][mode]['eval_images_per_s']} img/s")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     workers = workers if workers is not None else max(1, min(15, (os.cpu_count() or 2) - 1))
-    data_path = data_path_speed(train, device, workers=workers, reference=reference, batch_size=batch_size)
+    data_path = data_path_speed(train, on_device, device, workers=workers, reference=reference,
+                                batch_size=batch_size)
     log(f"[data path] batched {data_path['batched']}, PIL {data_path['pil']}, reference "
         f"{data_path['reference']} img/s ({workers} workers)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"

@@ -117,9 +117,9 @@ def calibrate_runs(run_dirs: Sequence[str | os.PathLike], data_dir: str | os.Pat
     samples = _split_samples(data_dir, split)
     logits = forward(runs, [s.path for s in samples], batch_size=batch_size, progress=progress,
                      desc=f"calibrate on {split}", tta=tta)
+    y_true = np.array([runs[0].scheme.encode(s.grade) for s in samples], dtype=np.int64)
     records = {}
     for run, z in zip(runs, logits):
-        y_true = np.array([run.scheme.encode(s.grade) for s in samples], dtype=np.int64)
         records[run.name] = calibration_record(z, y_true, split=split, data=str(data_dir))
         save_calibration(run.path, records[run.name])
     return records

@@ -28,9 +28,10 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from kneelib.evaluate.calibration import expected_calibration_error
+
 if TYPE_CHECKING:
     from kneelib.data.schemes import Scheme
-from kneelib.evaluate.calibration import expected_calibration_error
 
 #: The keys of every metric dict ``M`` (in metrics.json order).
 METRIC_KEYS = (

@@ -67,7 +67,7 @@ PROFILES: dict[str, Profile] = {
 
 #: GPU memory one training run may take at batch 32, 224 px under bf16 autocast, with its data on the device and
 #: its train and eval CUDA graphs: an upper bound for the eight architectures, to be replaced by the
-#: peak measured by ``benchmarks/gpu_check.py`` (not yet run: no GPU in development).
+#: peak measured by ``benchmarks/gpu_check.sh`` (not yet run: no GPU in development).
 RUN_GPU_GIB = 8.0
 
 

@@ -43,12 +43,16 @@ class EagerStep:
         self.label_smoothing = label_smoothing
         self.why = why
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with _autocast(self.device):
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, *,
+                 capture: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``capture``: the call being recorded into a CUDA graph (no autocast cache, and no ``zero_grad``:
+        the graph's backward owns the ``.grad`` tensors it writes)."""
+        with _autocast(self.device, cache_enabled=not capture):
             logits = self.model(images)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
         if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
+            if not capture:
+                self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
         return loss.detach(), logits.detach()
@@ -101,8 +105,7 @@ class GraphedStep:
                  batch_size: int, example: torch.Tensor, num_classes: int,
                  label_smoothing: float = 0.0) -> None:
         self.eager = EagerStep(model, optimizer, device, label_smoothing=label_smoothing)
-        self.model, self.optimizer, self.batch_size = model, optimizer, batch_size
-        self.label_smoothing = label_smoothing
+        self.batch_size = batch_size
         self.why = None
         self.static_images = torch.empty((batch_size, *example.shape[1:]), dtype=example.dtype, device=device)
         self.static_images = self.static_images.contiguous(memory_format=_memory_format_of(example))
@@ -118,28 +121,18 @@ class GraphedStep:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side), grad:
                 for _ in range(WARMUP_ITERS):
-                    self._body(training)
+                    self.eager(self.static_images, self.static_targets)
             torch.cuda.current_stream(device).wait_stream(side)
             if training:
                 optimizer.zero_grad(set_to_none=True)  # the graph's backward then owns the .grad tensors
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph), grad:
-                self.static_loss, self.static_logits = self._body(training, capture=True)
+                self.static_loss, self.static_logits = self.eager(self.static_images, self.static_targets,
+                                                                  capture=True)
         finally:  # undo the warm-up's updates (capture records kernels without running them)
             torch.cuda.synchronize(device)
             if snapshot is not None:
                 snapshot.restore()
-
-    def _body(self, training: bool, *, capture: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        with _autocast(self.static_images.device, cache_enabled=not capture):
-            logits = self.model(self.static_images)
-        loss = F.cross_entropy(logits.float(), self.static_targets, label_smoothing=self.label_smoothing)
-        if training:
-            if not capture:
-                self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        return loss.detach(), logits.detach()
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.shape[0] != self.batch_size:
@@ -171,9 +164,9 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device:
         try:
             return GraphedStep(model, optimizer, device, batch_size=batch_size, example=example,
                                num_classes=num_classes, label_smoothing=label_smoothing)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
-            if isinstance(exc, torch.cuda.OutOfMemoryError):
-                raise
+        except torch.cuda.OutOfMemoryError:
+            raise  # the training loop reports it (batch size, free memory)
+        except RuntimeError as exc:
             why = f"CUDA graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             torch.cuda.synchronize(device)
     if why and log and device.type == "cuda":
