@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,25 @@ def test_finished_run_is_never_clobbered(straight: Path, data: Path, cache: Deco
         train(TrainConfig(**{**TINY, "lr": 0.01}), data_dir=data, out_dir=straight, resume=True,
               progress=False, verbose=False, cache=cache)
     assert {p.name: p.stat().st_mtime_ns for p in straight.iterdir()} == before
+
+
+def test_sweep_runs_drop_last_checkpoint_once_finished(straight: Path, data: Path, cache: DecodeCache,
+                                                       tmp_path: Path) -> None:
+    """keep_last=False: last.pt stays while the run can resume, and goes once it has finished."""
+    out = tmp_path / "sweep"
+    kwargs = {"data_dir": data, "out_dir": out, "progress": False, "verbose": False, "cache": cache,
+              "keep_last": False}
+    train(TrainConfig(**TINY), **kwargs, stop_after_epoch=1)
+    assert (out / "last.pt").is_file()
+    train(TrainConfig(**TINY), **kwargs, resume=True)
+    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "best.pt", "status.json"}
+    assert history_rows(out) == history_rows(straight)
+    a, b = (torch.load(r / "best.pt", weights_only=True) for r in (straight, out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    old = tmp_path / "old"  # a finished run from before: its last.pt goes when the sweep passes by again
+    shutil.copytree(straight, old)
+    train(TrainConfig(**TINY), **{**kwargs, "out_dir": old}, resume=True)
+    assert {p.name for p in old.iterdir()} == {p.name for p in out.iterdir()}
 
 
 def test_unfinished_run_needs_resume(data: Path, cache: DecodeCache, tmp_path: Path) -> None:

@@ -180,14 +180,16 @@ def _run_epoch(model: nn.Module, loader: Iterable, device: torch.device, *,
 def train(config: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
           resume: bool = False, progress: bool | None = None, stop_after_epoch: int | None = None,
           verbose: bool = True, cache: DecodeCache | None = None,
-          log: Callable[[str], None] | None = None) -> Path:
+          log: Callable[[str], None] | None = None, keep_last: bool = True) -> Path:
     """Train ``config.arch`` on the train split of ``data_dir``, select on its val split.
 
     ``resume``: continue the unfinished run in ``out_dir`` (start one if there is none; a finished
     run is left alone). ``progress``: tqdm bars (None: only on a terminal). ``stop_after_epoch``:
     return after that epoch as if killed (tests). ``verbose``: one summary line per epoch via
     ``log`` (default: print). ``cache``: decode cache (default: the process-wide one).
-    ``config.threads`` applies to this call only. Returns ``out_dir``.
+    ``keep_last``: False deletes ``last.pt`` (weights, optimizer and RNG state for resuming, about three
+    times ``best.pt``) once the run has finished, as a sweep does. ``config.threads`` applies to this call
+    only. Returns ``out_dir``.
     """
     config = config.validate()
     threads = torch.get_num_threads()
@@ -196,14 +198,14 @@ def train(config: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     try:
         return _train(config, data_dir=Path(data_dir), out=Path(out_dir), resume=resume,
                       progress=progress, stop_after_epoch=stop_after_epoch, verbose=verbose,
-                      cache=cache, log=log)
+                      cache=cache, log=log, keep_last=keep_last)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, progress: bool | None,
            stop_after_epoch: int | None, verbose: bool, cache: DecodeCache | None,
-           log: Callable[[str], None] | None) -> Path:
+           log: Callable[[str], None] | None, keep_last: bool) -> Path:
     """:func:`train` with a validated config and the thread count set."""
     say = (log or (lambda line: tqdm.write(line, file=sys.stdout))) if verbose else (lambda line: None)
     bar = sys.stderr.isatty() if progress is None else bool(progress)
@@ -234,6 +236,8 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
             status = run_status(out) or {}
             say(f"{out}: run already finished ({status.get('epoch')} epochs, best val acc "
                 f"{status.get('best_val_acc', 0):.1%} at epoch {status.get('best_epoch')}); nothing to do")
+            if not keep_last:
+                (out / ckpt.LAST).unlink(missing_ok=True)
             return out
 
     if out.is_dir():
@@ -330,12 +334,13 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
         history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                         "val_loss": val_loss, "val_acc": val_acc, "seconds": round(seconds, 3)})
         ckpt.write_history(out / ckpt.HISTORY, history)
-        ckpt.save_checkpoint({"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
-                              **({"ema": ema.state_dict()} if ema is not None else {}),
-                              "scheduler": scheduler.state_dict(), "epoch": epoch,
-                              "rng": runtime.rng_state(), "best_val_acc": best_acc,
-                              "best_epoch": best_epoch}, out / ckpt.LAST)
         finished = epoch == config.epochs
+        if keep_last or not finished:  # nothing resumes a finished run: skip writing what is deleted below
+            ckpt.save_checkpoint({"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                                  **({"ema": ema.state_dict()} if ema is not None else {}),
+                                  "scheduler": scheduler.state_dict(), "epoch": epoch,
+                                  "rng": runtime.rng_state(), "best_val_acc": best_acc,
+                                  "best_epoch": best_epoch}, out / ckpt.LAST)
         ckpt.write_json(out / ckpt.STATUS, {"finished": finished, "epoch": epoch,
                                             "best_epoch": best_epoch, "best_val_acc": best_acc})
         say(f"epoch {epoch}/{config.epochs} lr {lr:.5g} train loss {train_loss:.3f} acc "
@@ -346,6 +351,8 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
     if start >= config.epochs:  # killed after the last checkpoint but before its status.json
         ckpt.write_json(out / ckpt.STATUS, {"finished": True, "epoch": start, "best_epoch": best_epoch,
                                             "best_val_acc": best_acc})
+    if not keep_last:  # finished: nothing resumes from it
+        (out / ckpt.LAST).unlink(missing_ok=True)
     return out
 
 
