@@ -104,23 +104,18 @@ def test_training_notebooks_can_run_in_worker_processes() -> None:
     assert isinstance(err, KneelibError) and str(err) == "notebook 03_train failed in cell 4"
 
 
-def write_tiny_notebook(path: Path, code: str) -> None:
-    """A notebook of a ``parameters`` cell (``x = 1``) and one code cell."""
+@pytest.mark.slow
+def test_a_hung_cell_stops_the_notebook_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cell timeout, a cell that never returns fails the sweep (naming the notebook), not hangs it."""
     import nbformat
+
+    from kneelib.pipeline import notebooks
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell(code)]
-    nbformat.write(nb, path)
-
-
-@pytest.mark.slow
-def test_a_hung_cell_stops_the_notebook_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a cell timeout, a cell that never returns fails the sweep (naming the notebook), not hangs it."""
-    from kneelib.pipeline import notebooks
-
-    write_tiny_notebook(tmp_path / "hang.ipynb", "import time\ntime.sleep(60)")
+                nbformat.v4.new_code_cell("import time\ntime.sleep(60)")]
+    nbformat.write(nb, tmp_path / "hang.ipynb")
     monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", tmp_path)
     with pytest.raises(KneelibError, match="notebook hang: a cell ran longer than 3 s"):
         notebooks.execute_notebook("hang", tmp_path / "out" / "hang.ipynb", {"x": 2}, timeout=3)
@@ -135,7 +130,11 @@ def test_notebook_kernels_start_quietly(tmp_path: Path, monkeypatch: pytest.Monk
 
     from kneelib.pipeline import notebooks
 
-    write_tiny_notebook(tmp_path / "quiet.ipynb", "import warnings\nwarnings.warn('from the cell')\nprint(x + 1)")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import warnings\nwarnings.warn('from the cell')\nprint(x + 1)")]
+    nbformat.write(nb, tmp_path / "quiet.ipynb")
     monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", tmp_path)
     for _ in range(2):  # nbclient appends to the arguments it is given: they must not pile up
         notebooks.execute_notebook("quiet", tmp_path / "out" / "quiet.ipynb", {"x": 2})
