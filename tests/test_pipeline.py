@@ -120,25 +120,3 @@ def test_a_hung_cell_stops_the_notebook_with_a_clear_error(tmp_path: Path, monke
     with pytest.raises(KneelibError, match="notebook hang: a cell ran longer than 3 s"):
         notebooks.execute_notebook("hang", tmp_path / "out" / "hang.ipynb", {"x": 2}, timeout=3)
     assert (tmp_path / "out" / "hang.ipynb").is_file()  # the partial notebook is kept
-
-
-@pytest.mark.slow
-def test_notebook_kernels_start_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capfd: pytest.CaptureFixture) -> None:
-    """A sweep prints its own progress lines, not ipykernel's start-up warning once per notebook."""
-    import nbformat
-
-    from kneelib.pipeline import notebooks
-
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("import warnings\nwarnings.warn('from the cell')\nprint(x + 1)")]
-    nbformat.write(nb, tmp_path / "quiet.ipynb")
-    monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", tmp_path)
-    for _ in range(2):  # nbclient appends to the arguments it is given: they must not pile up
-        notebooks.execute_notebook("quiet", tmp_path / "out" / "quiet.ipynb", {"x": 2})
-    assert "IPKernelApp" not in capfd.readouterr().err
-    outputs = nbformat.read(tmp_path / "out" / "quiet.ipynb", as_version=4).cells[-1].outputs
-    assert any("from the cell" in o.get("text", "") for o in outputs)  # the code's own warnings still show
-    assert any(o.get("text") == "3\n" for o in outputs)

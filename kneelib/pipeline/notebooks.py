@@ -81,11 +81,6 @@ def train_notebook_name(arch: str, scheme: str) -> str:
     return f"03_train_{arch}_{scheme}"
 
 
-#: The kernel logs errors only: ipykernel 7 warns at every start that its local TCP sockets are unencrypted,
-#: one line per notebook of a sweep. Cell output, warnings of the code it runs included, is unaffected.
-KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR",)
-
-
 def execute_notebook(name: str, output: Path, parameters: dict[str, Any], *, timeout: int = 0) -> None:
     """Execute ``notebooks/<name>.ipynb`` with papermill; on failure keep the partial output and name the cell.
 
@@ -101,7 +96,6 @@ def execute_notebook(name: str, output: Path, parameters: dict[str, Any], *, tim
         pm.execute_notebook(
             str(source), str(output), parameters=parameters, cwd=str(NOTEBOOK_DIR),
             progress_bar=False, kernel_name="python3", execution_timeout=timeout or None,
-            extra_arguments=list(KERNEL_ARGUMENTS),  # a copy: nbclient appends to it
         )
     except CellTimeoutError:
         raise KneelibError(f"notebook {name}: a cell ran longer than {timeout} s and was stopped; the partial "
