@@ -1,11 +1,15 @@
-"""The from-scratch recipe on real crops: paper vs scratch, and scratch without each ingredient.
+"""The from-scratch recipe on real crops: paper vs scratch, scratch without each ingredient, and per
+architecture family the changes that make it learn.
 
 Data: ``../shared/data/kneeKL224``. Checkpoints are selected on a patient-grouped 12.5% of the official
 train split (``val'``); the official val split (826 crops) is held out and only evaluated, so the
-reported accuracies are not the ones the selection saw. Each variant trains ResNet-18 from random weights
-at 64 px for 5 epochs with seeds 21 and 42 (CPU), and is scored as single runs and as the 2-seed ensemble.
+reported accuracies are not the ones the selection saw. Each variant trains ``--arch`` (default ResNet-18)
+from random weights at ``--image-size`` for ``--epochs`` with ``--seeds`` (CPU), and is scored as single
+runs and as the seed ensemble.
 
     python benchmarks/recipe_ablation.py --out /tmp/ablation --json benchmarks/results/recipe_ablation_cpu.json
+    python benchmarks/recipe_ablation.py --arch densenet121 --epochs 4 --seeds 21 --precision auto \
+        --variants "scratch (peak lr 4e-3)" "peak lr 1e-3" --out /tmp/abl-dn --json benchmarks/results/recipe_densenet_cpu.json
 """
 
 from __future__ import annotations
@@ -24,14 +28,16 @@ sys.path.insert(0, str(REPO))
 
 from kneelib import cpu_pin  # noqa: E402
 
-cpu_pin.apply()
+if "--no-pin" not in sys.argv:  # before torch loads (see --pin)
+    cpu_pin.apply()
 
 import torch  # noqa: E402
 
 from kneelib.data.layout import discover, select_split  # noqa: E402
-from kneelib.data.split import split_samples  # noqa: E402
+from kneelib.data.schemes import get_scheme  # noqa: E402
+from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 from kneelib.evaluate import evaluate_runs  # noqa: E402
-from kneelib.train import TrainConfig, train  # noqa: E402
+from kneelib.train import TrainConfig, runtime, train  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "kneeKL224"
 #: The first from-scratch recipe (kept to show why the current one differs): peak lr 2e-3, label smoothing 0.1,
@@ -53,23 +59,21 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "scratch with Adam (L2 1e-4) for AdamW": ("scratch", {"optimizer": "adam", "weight_decay": 1e-4}),
     "scratch with step decay for warm-up + cosine": ("scratch", {"schedule": "step", "warmup_epochs": 0}),
 }
+#: The DenseNets (--arch densenet121 / se_densenet121): one change at a time from the ResNet-18 choice, its
+#: fields spelled out (the ``scratch`` recipe's DenseNet fields are what this chose).
+RESNET_SCRATCH = {"lr": 4e-3, "warmup_epochs": 1}
+DENSENET_VARIANTS: dict[str, tuple[str, dict]] = {
+    "scratch (peak lr 4e-3)": ("scratch", RESNET_SCRATCH),
+    "peak lr 1e-3": ("scratch", {**RESNET_SCRATCH, "lr": 1e-3}),
+    "peak lr 5e-4": ("scratch", {**RESNET_SCRATCH, "lr": 5e-4}),
+    "peak lr 2.5e-4": ("scratch", {**RESNET_SCRATCH, "lr": 2.5e-4}),
+}
+VARIANTS.update(DENSENET_VARIANTS)
 
 
 def make_manifest(out: Path) -> Path:
     """train → train' + val' (patient-grouped, 7:1), official val → test (held out)."""
-    samples = discover(DATA)
-    inner = split_samples(select_split(samples, "train"), ratios=(7, 1, 0), seed=42)
-    held_out = select_split(samples, "val")
-    path = out / "manifest.csv"
-    out.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "grade", "patient_id", "side", "split"])
-        for s in inner:
-            writer.writerow([s.path, s.grade, s.patient_id, s.side, s.split])
-        for s in held_out:
-            writer.writerow([s.path, s.grade, s.patient_id, s.side, "test"])
-    return path
+    return write_manifest(held_out_split(discover(DATA), source=DATA), out / "manifest.csv", protocol="held-out")
 
 
 def history_columns(rows: list[dict[str, str]]) -> dict[str, list[float]]:
@@ -87,18 +91,27 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--scheme", default="kl5")
+    parser.add_argument("--precision", default="fp32", help="fp32 (the committed ResNet-18 ablation), auto or bf16")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="pin the CPU kernels to AVX2 (default; --no-pin: the processor's own, e.g. bf16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     manifest = make_manifest(args.out)
     inner = discover(manifest)
     val_inner = select_split(inner, "val")
-    majority = max(sum(s.grade == g for s in val_inner) for g in range(5)) / len(val_inner)
+    scheme = get_scheme(args.scheme)
+    classes = [scheme.encode(s.grade) for s in val_inner]
+    majority = max(classes.count(c) for c in range(scheme.num_classes)) / len(classes)
     results = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
+    pin = "AVX2 pin" if cpu_pin.in_effect() else "no pin"
+    arithmetic = "bf16 autocast" if runtime.autocast_dtype(args.precision, torch.device("cpu")) else "fp32"
     results.setdefault("conditions", {
         "data": "kneeKL224 (Chen 2018), official train split re-split 7:1 by patient (train'/val'); "
-                "official val split held out", "arch": "resnet18", "weights": "none",
+                "official val split held out", "arch": args.arch, "scheme": args.scheme, "weights": "none",
         "image_size": args.image_size, "epochs": args.epochs, "batch_size": 32, "seeds": args.seeds,
-        "device": f"cpu ({os.cpu_count()} cores, {args.threads} threads, AVX2 pin)",
+        "device": f"cpu ({os.cpu_count()} cores, {args.threads} threads, {pin}, {arithmetic})",
         "val_prime_majority": majority, "counts": {k: len(select_split(inner, k)) for k in ("train", "val", "test")},
     })
     variants = results.setdefault("variants", {})
@@ -106,8 +119,9 @@ def main() -> int:
         recipe, changes = VARIANTS[name]
         runs, t0, trained = [], time.time(), False
         for seed in args.seeds:
-            config = TrainConfig.from_recipe(recipe, arch="resnet18", scheme="kl5", seed=seed, epochs=args.epochs,
-                                             image_size=args.image_size, weights=None, device="cpu", **changes)
+            config = TrainConfig.from_recipe(recipe, arch=args.arch, scheme=args.scheme, seed=seed,
+                                             epochs=args.epochs, image_size=args.image_size, weights=None,
+                                             device="cpu", precision=args.precision, **changes)
             slug = name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "").replace(",", "")
             status = args.out / f"{slug}_s{seed}" / "status.json"
             trained |= not (status.is_file() and json.loads(status.read_text()).get("finished"))
@@ -116,6 +130,7 @@ def main() -> int:
             runs.append(run)
         metrics, _ = evaluate_runs(runs, manifest, split="test", device="cpu", progress=False)
         histories = [list(csv.DictReader((r / "history.csv").open())) for r in runs]
+        ensemble = metrics["ensemble"] or next(iter(metrics["models"].values()))  # one seed: the run itself
         variants[name] = {
             "recipe": recipe, "changes": changes,
             # re-scoring finished runs (e.g. to add their learning curves) keeps the training time
@@ -126,11 +141,11 @@ def main() -> int:
             "best_val_acc": [max(float(row["val_acc"]) for row in h) for h in histories],
             "heldout_accuracy": {k: m["accuracy"] for k, m in metrics["models"].items()},
             "heldout_qwk": {k: m["qwk"] for k, m in metrics["models"].items()},
-            "ensemble": {k: metrics["ensemble"][k] for k in ("accuracy", "qwk", "mae")},
-            "ensemble_ci": metrics["ensemble"].get("ci"),
+            "ensemble": {k: ensemble[k] for k in ("accuracy", "qwk", "mae")},
+            "ensemble_ci": ensemble.get("ci"),
             "history": {f"s{seed}": history_columns(h) for seed, h in zip(args.seeds, histories)},
         }
-        print(f"{name}: held-out ensemble accuracy {100 * metrics['ensemble']['accuracy']:.1f}% "
+        print(f"{name}: held-out ensemble accuracy {100 * ensemble['accuracy']:.1f}% "
               f"(epoch-1 val' {variants[name]['epoch1_val_acc']})", flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1, default=lambda o: None if isinstance(o, float)

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (default: torch's choice; 1 on a busy shared machine)")
     p.add_argument("--data-on-device", choices=("auto", "yes", "no"), default="auto",
                    help="keep the images on the device and augment whole batches there (default auto: on a GPU)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=d["precision"],
+                   help="arithmetic (default auto: bf16 autocast on a GPU and on a CPU with bf16 instructions, "
+                   "unless the CPU kernels are pinned to AVX2; fp32 elsewhere)")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="on a GPU, launch every step eagerly instead of replaying a CUDA graph")
     p.add_argument("--limit", type=int, default=d["limit"], metavar="N",
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size, batch_size=args.batch_size, weights=args.weights, clahe=args.clahe,
         limit=args.limit, device=args.device, workers=args.workers, threads=args.threads,
         data_on_device={"auto": None, "yes": True, "no": False}[args.data_on_device],
-        cuda_graphs=not args.no_cuda_graphs, **overrides,
+        cuda_graphs=not args.no_cuda_graphs, precision=args.precision, **overrides,
     ).validate()
     if config.recipe == "paper" and config.weights is None and not args.quiet and Path(args.data).exists():
         print("kneelib: note: the paper's recipe assumes ImageNet weights; from random weights use "

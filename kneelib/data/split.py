@@ -17,6 +17,7 @@ Two protocols:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kneelib.atomic import atomic_dir
+from kneelib.atomic import atomic_dir, write_text
 from kneelib.data.layout import MANIFEST_NAME, SPLITS, Sample, sort_key
 from kneelib.errors import KneelibError
 
@@ -115,6 +116,51 @@ def split_samples(samples: Sequence[Sample], *, protocol: str = "grouped",
     if crossing:  # cannot happen by construction; a hard check rather than an assert (kept under -O)
         raise KneelibError(f"internal error: {len(crossing)} patient(s) in more than one split")
     return result
+
+
+#: The share of the official train split that becomes val' when the test split is withheld.
+INNER_VAL_SHARE = 0.125
+#: The fewest images of a grade that val' may hold (fewer: selection on it is mostly noise).
+MIN_INNER_VAL_PER_GRADE = 5
+
+
+def held_out_split(samples: Sequence[Sample], *, source: str | os.PathLike = "the data",
+                   val_share: float = INNER_VAL_SHARE, seed: int = 42) -> list[Sample]:
+    """Train on train', select on val', report on the official val split: for data whose test split is withheld.
+
+    The official train split is re-split by patient, stratified by grade (:func:`grouped_split`, ``val_share``
+    to val'); the official val split becomes ``test``, held out from training and selection. KneelibError
+    (naming ``source``) without a train or val split, or with fewer than :data:`MIN_INNER_VAL_PER_GRADE` images
+    of a grade in val'."""
+    present = {s.split for s in samples}
+    missing = [name for name in ("train", "val") if name not in present]
+    if missing:
+        have = ", ".join(sorted(str(p) for p in present if p)) or "no split folders"
+        raise KneelibError(f"{source}: no {' or '.join(missing)} split (has {have}); held-out selection needs "
+                           "DIR/train/{0..4} and DIR/val/{0..4}")
+    train = [s for s in samples if s.split == "train"]
+    inner = grouped_split(train, (1 - val_share, val_share, 0), seed)
+    per_grade = np.bincount([s.grade for s in inner if s.split == "val"], minlength=5)
+    short = [f"KL{g}: {n}" for g, n in enumerate(per_grade) if n < MIN_INNER_VAL_PER_GRADE]
+    if short:
+        raise KneelibError(f"{source}: too few images per grade for a patient-grouped val' split "
+                           f"({', '.join(short)} of at least {MIN_INNER_VAL_PER_GRADE}; train has "
+                           f"{len(train)} images)")
+    held = [replace(s, split="test") for s in samples if s.split == "val"]
+    return sorted(inner + held, key=sort_key)
+
+
+def write_manifest(samples: Sequence[Sample], path: str | os.PathLike, *, protocol: str = "") -> Path:
+    """A manifest CSV (:data:`MANIFEST_COLUMNS`) listing ``samples`` by absolute path, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(MANIFEST_COLUMNS)
+    for s in samples:
+        writer.writerow([str(Path(s.path).resolve()), s.grade, s.patient_id or "", s.side or "", s.split or "",
+                         "", protocol])
+    path = Path(path)
+    write_text(path, buffer.getvalue())
+    return path
 
 
 def patients_across_splits(samples: Sequence[Sample]) -> dict[str, set[str | None]]:

@@ -133,6 +133,34 @@ def bootstrap_ci(
     return {"accuracy": interval(acc), "qwk": interval(kappa)}
 
 
+def paired_difference_ci(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    *,
+    n_boot: int = N_BOOTSTRAP,
+    level: float = CI_LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float | None]:
+    """Accuracy of B minus accuracy of A on the same images, with a paired percentile bootstrap interval.
+
+    ``correct_a``/``correct_b``: per image, 1 where the model was right (or the share of its seeds that were).
+    The images are resampled once for both models, so what the two get right together cancels; ``p`` is the
+    share of resamples in which the difference has the other sign than the observed one (two-sided: doubled).
+    Returns ``{"diff", "lo", "hi", "p"}`` as fractions (``None`` without images)."""
+    a = np.asarray(correct_a, dtype=np.float64)
+    b = np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in size: {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return {"diff": None, "lo": None, "hi": None, "p": None}
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
+    diffs = (b[idx] - a[idx]).mean(axis=1)
+    observed = float((b - a).mean())
+    lo, hi = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    other_side = np.mean(diffs <= 0) if observed > 0 else np.mean(diffs >= 0)
+    return {"diff": observed, "lo": _num(lo), "hi": _num(hi), "p": _num(min(1.0, 2 * other_side))}
+
+
 def _roc(y_true: np.ndarray, probs: np.ndarray, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """One-vs-rest ROC curve points and AUC per class (empty curve, ``auc: None`` if undefined)."""
     roc: dict[str, dict[str, Any]] = {}

@@ -97,3 +97,32 @@ def metrics_by_run(results: dict[tuple[str, str], dict], scheme: str) -> dict[st
             seed = int(name.rsplit("_s", 1)[1])
             table[name] = ((arch, sch, seed), m)
     return table
+
+
+def seed_mean_correct(predictions: pd.DataFrame) -> pd.Series:
+    """Per image (``path``), the share of the group's seeds that graded it right (the ensemble row left out)."""
+    members = predictions[predictions["model"] != "ensemble"]
+    return (members["true"] == members["pred"]).groupby(members["path"]).mean()
+
+
+def se_gains(out_dir: str | os.PathLike, data_dir: str | os.PathLike, *, archs: Sequence[str],
+             schemes: Sequence[str], seeds: Sequence[int], split: str = "test", device: str = "auto",
+             progress: bool | None = None) -> list[dict[str, Any]]:
+    """What SE blocks add to each backbone of the sweep: per scheme and plain architecture whose ``se_``
+    twin is in ``archs``, the seed-mean accuracies on the same images and their difference with a paired
+    bootstrap 95% interval (:func:`~kneelib.evaluate.metrics.paired_difference_ci`)."""
+    from kneelib.evaluate.metrics import paired_difference_ci
+
+    rows = []
+    for scheme in schemes:
+        for plain in (a for a in archs if not a.startswith("se_") and f"se_{a}" in archs):
+            groups = [evaluate_group(out_dir, data_dir, a, scheme, seeds, split=split, device=device,
+                                     progress=progress) for a in (plain, f"se_{plain}")]
+            if any(g is None for g in groups):
+                continue
+            a, b = (seed_mean_correct(g[1]) for g in groups)
+            a, b = a.align(b, join="inner")
+            rows.append({"scheme": scheme, "arch": plain, "n": int(a.size), "seeds": len(seeds),
+                         "plain_accuracy": float(a.mean()), "se_accuracy": float(b.mean()),
+                         **paired_difference_ci(a.to_numpy(), b.to_numpy())})
+    return rows

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from kneelib import cpu_pin
+from kneelib.data.layout import MANIFEST_NAME, discover
+from kneelib.data.split import held_out_split, write_manifest
 from kneelib.errors import KneelibError
 from kneelib.pipeline.executors import LocalExecutor, RayExecutor, make_executor
 from kneelib.pipeline.notebooks import (
@@ -34,6 +36,7 @@ from kneelib.pipeline.notebooks import (
     train_parameters,
 )
 from kneelib.pipeline.profiles import Layout, Profile, resolve_jobs
+from kneelib.pipeline.progress import Projection, SweepProgress, project_sweep
 from kneelib.pipeline.reference import check_sweep, load_reference
 from kneelib.train.config import run_name
 
@@ -88,6 +91,10 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
     """:func:`reproduce` once its executor is ready."""
     started = time.time()
     data_dir = _prepare_data(profile, layout, data, log)
+    weights = {arch: TRAIN_COST.get(arch, 1.0) for arch in profile.archs}  # relative epoch cost per arch
+    if profile.project:
+        projection = _projection(profile, data_dir, device, log)
+        weights = {arch: projection.epoch_seconds(arch) for arch in profile.archs}
     if real_data is None:
         default_real = REPO_ROOT.parent / "shared" / "data" / "kneeKL224"
         real_data = default_real if default_real.is_dir() else None
@@ -111,8 +118,10 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
             log(f"[{next(counter)}/{total}] {output.stem}: finished earlier, skipped")
             continue
         todo.append((output, train_parameters(profile, layout, data_dir, arch, scheme, device=device)))
-    for output, seconds in runner.run(todo, timeout=profile.cell_timeout, split=profile.split):
-        log(f"[{next(counter)}/{total}] {output.stem}: done in {seconds:.1f} s")
+    runs = {layout.runs / run_name(a, s, seed): weights[a] for a, s in grid for seed in profile.seeds}
+    with SweepProgress(runs, profile.epochs) as progress:
+        for output, seconds in runner.run(todo, timeout=profile.cell_timeout, split=profile.split):
+            progress.write(f"[{next(counter)}/{total}] {output.stem}: done in {seconds:.1f} s")
     for name in ("02_se_blocks", "04_ensemble", "05_results", "06_predict"):
         step(name, layout.notebooks / f"{name}.ipynb", params[name])
     log(f"reproduce ({profile.name}) finished in {(time.time() - started) / 60:.1f} min: "
@@ -125,6 +134,42 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
     return layout
 
 
+def _held_out_data(data: Path, layout: Layout, log: Callable[[str], None]) -> Path:
+    """The sweep's data for ``selection="held-out"``: ``data`` itself when it has a test split, else
+    ``OUT/data/manifest.csv`` with train', val' and the official val split as the held-out ``test``."""
+    samples = discover(data)
+    if "test" in {s.split for s in samples}:
+        log(f"{data}: has a test split; training on train, selecting on val, reporting on test")
+        return data
+    chosen = held_out_split(samples, source=data)
+    n = {name: sum(s.split == name for s in chosen) for name in ("train", "val", "test")}
+    log(f"{data}: no test split; training on train' ({n['train']:,}), selecting on val' ({n['val']:,}, a "
+        f"patient-grouped eighth of train), reporting on the official val split ({n['test']:,}, held out)")
+    write_manifest(chosen, layout.data / MANIFEST_NAME, protocol="held-out")
+    return layout.data
+
+
+def _projection(profile: Profile, data_dir: Path, device: str, log: Callable[[str], None]) -> Projection:
+    """Time a few steps per architecture and print the sweep's projected time."""
+    samples = discover(data_dir)
+    counts = {name: sum(s.split == name for s in samples) for name in ("train", "val", "test")}
+    if profile.limit:
+        counts = {k: min(v, profile.limit) for k, v in counts.items()}
+    runs_per_arch = len(profile.schemes) * len(profile.seeds)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(profile.threads or threads)  # as each training notebook will
+    try:
+        projection = project_sweep(profile.archs, counts, epochs=profile.epochs, image_size=profile.image_size,
+                                   batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
+                                   jobs=profile.jobs, device=device)
+    finally:
+        torch.set_num_threads(threads)
+    log(projection.describe())
+    return projection
+
+
 def _prepare_data(profile: Profile, layout: Layout, data: str | Path | None,
                   log: Callable[[str], None]) -> Path:
     """The data directory of the sweep: the given one, or synthetic data generated once under OUT/data."""
@@ -132,6 +177,8 @@ def _prepare_data(profile: Profile, layout: Layout, data: str | Path | None,
         data = Path(data)
         if not data.is_dir():
             raise KneelibError(f"{data}: data directory not found")
+        if profile.selection == "held-out":
+            return _held_out_data(data, layout, log)
         return data
     if profile.synth_per_grade <= 0:
         raise KneelibError(f"profile {profile.name!r} needs real data: pass --data DIR")

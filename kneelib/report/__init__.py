@@ -35,6 +35,7 @@ from kneelib.report.tables import (
     results_table,
     run_key,
     save_table,
+    se_gain_table,
     table1,
     table6,
 )
@@ -46,5 +47,5 @@ __all__ = [
     "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",
     "prediction_figure", "probability_figure", "reliability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
-    "se_excitation_figure", "select_model", "table1", "table6",
+    "se_excitation_figure", "se_gain_table", "select_model", "table1", "table6",
 ]

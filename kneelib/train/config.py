@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 from kneelib.errors import KneelibError
 from kneelib.train.recipes import OPTIMIZERS, SCHEDULES, recipe_fields
 
+#: ``precision`` choices (kept here, not imported from kneelib.train.runtime, which loads torch).
+PRECISIONS = ("auto", "fp32", "bf16")
+
 if TYPE_CHECKING:  # heavy modules (torch, cv2) load lazily: the CLI imports this for its defaults
     from kneelib.data.layout import Sample
     from kneelib.data.schemes import Scheme
@@ -59,6 +62,7 @@ class TrainConfig:
     threads: int | None = None
     data_on_device: bool | None = None  # images on the device, batched augmentation (None: on CUDA only)
     cuda_graphs: bool = True  # on CUDA, replay each full-batch step from a CUDA graph
+    precision: str = "auto"  # auto, fp32 or bf16 autocast (kneelib.train.runtime.autocast_dtype)
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, os.PathLike):
@@ -94,6 +98,7 @@ class TrainConfig:
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
             (self.workers is None or self.workers >= 0, "workers must not be negative"),
             (self.threads is None or self.threads >= 1, "threads must be at least 1"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -102,8 +107,9 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, recipe: str = "paper", **fields: Any) -> TrainConfig:
-        """A config of a named recipe (:data:`kneelib.train.recipes.RECIPES`); ``fields`` override it."""
-        return cls(**{**recipe_fields(recipe), "recipe": recipe, **fields})
+        """A config of a named recipe (:data:`kneelib.train.recipes.RECIPES`, with the changes of ``arch``'s
+        family, :data:`~kneelib.train.recipes.FAMILY_FIELDS`); ``fields`` override it."""
+        return cls(**{**recipe_fields(recipe, fields.get("arch")), "recipe": recipe, **fields})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields."""

@@ -26,15 +26,27 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     "scratch": {"optimizer": "adamw", "lr": 4e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 1},
 }
+#: Recipe name → architecture family (:func:`arch_family`) → the fields that family changes on top of the
+#: recipe, each chosen on val' by one-change-at-a-time measurements (``benchmarks/recipe_ablation.py --arch``).
+FAMILY_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "scratch": {},
+}
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("step", "cosine")
 
 
-def recipe_fields(name: str) -> dict[str, Any]:
-    """The fields a recipe sets; KneelibError naming the choices for an unknown one."""
+def arch_family(arch: str) -> str:
+    """``densenet`` for the DenseNets (plain and SE), ``resnet`` for the ResNets."""
+    return "densenet" if "densenet" in arch else "resnet"
+
+
+def recipe_fields(name: str, arch: str | None = None) -> dict[str, Any]:
+    """The fields a recipe sets (for ``arch``: with its family's changes); KneelibError for an unknown one."""
     if name not in RECIPES:
         raise KneelibError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-    return dict(RECIPES[name])
+    family = FAMILY_FIELDS.get(name, {}).get(arch_family(arch), {}) if arch else {}
+    return {**RECIPES[name], **family}
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, *, fused: bool,

@@ -18,17 +18,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kneelib.train.runtime import autocast_dtype
+
 __all__ = ["EagerStep", "GraphedStep", "make_step"]
 
 #: Eager iterations run (on a side stream, then undone) before capture, as torch.cuda.graphs advises.
 WARMUP_ITERS = 3
 
 
-def _autocast(device: torch.device, *, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing on a CPU (the CPU path stays fp32 and bit-exact)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
-    return contextlib.nullcontext()
+def _autocast(device: torch.device, dtype: torch.dtype | None, *,
+              cache_enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device`` (None: plain fp32, nothing to do)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 class EagerStep:
@@ -38,16 +41,17 @@ class EagerStep:
     path = "eager"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device, *,
-                 label_smoothing: float = 0.0, why: str | None = None) -> None:
+                 label_smoothing: float = 0.0, why: str | None = None, precision: str = "auto") -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
         self.label_smoothing = label_smoothing
         self.why = why
+        self.dtype = autocast_dtype(precision, device)  # None: fp32
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor, *,
                  capture: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``capture``: the call being recorded into a CUDA graph (no autocast cache, and no ``zero_grad``:
         the graph's backward owns the ``.grad`` tensors it writes)."""
-        with _autocast(self.device, cache_enabled=not capture):
+        with _autocast(self.device, self.dtype, cache_enabled=not capture):
             logits = self.model(images)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
         if self.optimizer is not None:
@@ -103,8 +107,8 @@ class GraphedStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device, *,
                  batch_size: int, example: torch.Tensor, num_classes: int,
-                 label_smoothing: float = 0.0) -> None:
-        self.eager = EagerStep(model, optimizer, device, label_smoothing=label_smoothing)
+                 label_smoothing: float = 0.0, precision: str = "auto") -> None:
+        self.eager = EagerStep(model, optimizer, device, label_smoothing=label_smoothing, precision=precision)
         self.batch_size = batch_size
         self.why = None
         self.static_images = torch.empty((batch_size, *example.shape[1:]), dtype=example.dtype, device=device)
@@ -150,9 +154,11 @@ def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
 
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device, *,
               batch_size: int, example: torch.Tensor, num_classes: int, label_smoothing: float = 0.0,
-              graphs: bool = True, log: Callable[[str], None] | None = None) -> EagerStep | GraphedStep:
+              graphs: bool = True, log: Callable[[str], None] | None = None,
+              precision: str = "auto") -> EagerStep | GraphedStep:
     """A :class:`GraphedStep` on CUDA when ``graphs`` (and capture succeeds), else an :class:`EagerStep`
-    whose ``why`` says why the graph was not taken (also passed to ``log``)."""
+    whose ``why`` says why the graph was not taken (also passed to ``log``). ``precision``: see
+    :func:`kneelib.train.runtime.autocast_dtype`."""
     why = None
     if device.type != "cuda":
         why = f"CUDA graphs need a CUDA device (running on {device.type})"
@@ -163,7 +169,7 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device:
     else:
         try:
             return GraphedStep(model, optimizer, device, batch_size=batch_size, example=example,
-                               num_classes=num_classes, label_smoothing=label_smoothing)
+                               num_classes=num_classes, label_smoothing=label_smoothing, precision=precision)
         except torch.cuda.OutOfMemoryError:
             raise  # the training loop reports it (batch size, free memory)
         except RuntimeError as exc:
@@ -171,4 +177,4 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device:
             torch.cuda.synchronize(device)
     if why and log and device.type == "cuda":
         log(f"eager steps: {why}")
-    return EagerStep(model, optimizer, device, label_smoothing=label_smoothing, why=why)
+    return EagerStep(model, optimizer, device, label_smoothing=label_smoothing, why=why, precision=precision)

@@ -1,0 +1,173 @@
+"""How long a sweep will take, and how far it has got: the projection printed before training starts and
+the one progress bar of the whole sweep.
+
+:func:`project_sweep` times a few training and evaluation steps of every architecture on random tensors
+(the batch, image size, threads and arithmetic the runs will use) and scales them by the images each run
+sees. :class:`SweepProgress` follows the runs' ``status.json`` files from the process that started the
+sweep, so the training notebooks need not report anything: runs done, epochs done, and the time left,
+estimated from the work done so far (epochs weighted by their projected cost).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+#: Timed steps per architecture (after one untimed warm-up step).
+TIMED_STEPS = 3
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Projected seconds of a sweep: per architecture the seconds per image of a training step and of an
+    evaluation batch, and how many images each run trains on, validates on and is finally scored on."""
+
+    train_seconds: Mapping[str, float]  # arch -> seconds per training image
+    eval_seconds: Mapping[str, float]  # arch -> seconds per evaluated image
+    counts: Mapping[str, int]  # images: train, val (selection, every epoch), test (scored once)
+    epochs: int
+    runs_per_arch: int  # schemes x seeds
+    jobs: int = 1
+
+    def epoch_seconds(self, arch: str) -> float:
+        """One epoch of ``arch``: a pass over the train images and one over the selection images."""
+        return self.counts["train"] * self.train_seconds[arch] + self.counts["val"] * self.eval_seconds[arch]
+
+    def run_seconds(self, arch: str) -> float:
+        """One run of ``arch``: its epochs plus its final evaluation."""
+        return self.epochs * self.epoch_seconds(arch) + self.counts["test"] * self.eval_seconds[arch]
+
+    @property
+    def total_seconds(self) -> float:
+        """The whole sweep, ``jobs`` runs at a time (training arithmetic only: no start-up, no notebooks)."""
+        return sum(self.run_seconds(a) for a in self.train_seconds) * self.runs_per_arch / max(1, self.jobs)
+
+    def describe(self) -> str:
+        """One line: the total and the cost of each architecture's run."""
+        per_run = ", ".join(f"{a} {self.run_seconds(a) / 60:.1f}" for a in self.train_seconds)
+        return (f"projected training time: {self.total_seconds / 60:.0f} min for "
+                f"{len(self.train_seconds) * self.runs_per_arch} runs of {self.epochs} epochs over "
+                f"{self.counts['train']:,} images (minutes per run: {per_run}; from {TIMED_STEPS} timed steps "
+                f"per architecture)")
+
+
+def time_steps(arch: str, *, image_size: int, batch_size: int, num_classes: int = 5, precision: str = "auto",
+               device: str = "cpu", steps: int = TIMED_STEPS) -> tuple[float, float]:
+    """``(train, eval)`` seconds per image of ``arch``: the median of ``steps`` timed training steps and
+    evaluation batches on random tensors, after one untimed of each, in the layout and arithmetic of
+    :mod:`kneelib.train.loop`."""
+    import torch
+
+    from kneelib.models.registry import build_model
+    from kneelib.train import runtime
+    from kneelib.train.config import TrainConfig
+    from kneelib.train.recipes import make_optimizer
+    from kneelib.train.steps import EagerStep
+
+    dev = runtime.resolve_device(device)
+    bf16 = runtime.autocast_dtype(precision, dev) is torch.bfloat16
+    fmt = runtime.memory_format(dev, arch, bf16=bf16)
+    model = build_model(arch, num_classes=num_classes).to(dev, memory_format=fmt)
+    optimizer = make_optimizer(model, TrainConfig.from_recipe("scratch", arch=arch), fused=True)
+    images = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=fmt)
+    targets = torch.randint(0, num_classes, (batch_size,), device=dev)
+
+    def timed(step: EagerStep, training: bool) -> float:
+        model.train(training)
+        seconds = []
+        with torch.inference_mode(not training):
+            for i in range(steps + 1):
+                tic = time.perf_counter()
+                step(images, targets)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                if i:
+                    seconds.append(time.perf_counter() - tic)
+        return statistics.median(seconds) / batch_size
+
+    return (timed(EagerStep(model, optimizer, dev, precision=precision), True),
+            timed(EagerStep(model, None, dev, precision=precision), False))
+
+
+def project_sweep(archs: Sequence[str], counts: Mapping[str, int], *, epochs: int, image_size: int,
+                  batch_size: int, runs_per_arch: int, jobs: int = 1, device: str = "cpu",
+                  precision: str = "auto") -> Projection:
+    """The :class:`Projection` of a sweep over ``archs`` (``counts``: train, val and test images)."""
+    train, evaluate = {}, {}
+    for arch in archs:
+        train[arch], evaluate[arch] = time_steps(arch, image_size=image_size, batch_size=batch_size,
+                                                 precision=precision, device=device)
+    return Projection(train, evaluate, dict(counts), epochs, runs_per_arch, jobs)
+
+
+@dataclass
+class SweepProgress:
+    """One tqdm bar over every run of a sweep, fed by polling the runs' ``status.json`` (a daemon thread).
+
+    ``runs``: run directory -> the relative cost of one of its epochs (projected seconds, or any weights).
+    The bar counts weighted epochs, so its rate and time left are in the sweep's real proportions; the text
+    beside it says runs done and epochs done. ``disable=None``: shown only on a terminal."""
+
+    runs: Mapping[Path, float]
+    epochs: int
+    file: TextIO = sys.stderr
+    disable: bool | None = None
+    interval: float = 2.0
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+
+    def __post_init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        done = self._work()[0]
+        total = sum(self.runs.values()) * self.epochs
+        self.bar = tqdm(total=total, initial=done, desc="sweep", file=self.file, disable=self.disable,
+                        smoothing=0, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+        self._refresh()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> tuple[float, int, int]:
+        """(weighted epochs done, epochs done, runs finished) from the status files."""
+        work, epochs, finished = 0.0, 0, 0
+        for run, weight in self.runs.items():
+            try:
+                status = json.loads((run / "status.json").read_text())
+            except (OSError, ValueError):
+                continue
+            done = min(int(status.get("epoch") or 0), self.epochs)
+            work, epochs, finished = work + done * weight, epochs + done, finished + bool(status.get("finished"))
+        return work, epochs, finished
+
+    def _refresh(self) -> None:
+        work, epochs, finished = self._work()
+        self.bar.set_postfix_str(f"runs {finished}/{len(self.runs)}, epochs {epochs}/{len(self.runs) * self.epochs}",
+                                 refresh=False)
+        self.bar.update(work - self.bar.n)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._refresh()
+
+    def write(self, line: str) -> None:
+        """Print ``line`` above the bar."""
+        self.bar.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        """Stop polling, draw the final state and close the bar."""
+        self._stop.set()
+        self._thread.join()
+        self._refresh()
+        self.bar.close()
+
+    def __enter__(self) -> SweepProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
