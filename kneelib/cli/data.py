@@ -1,4 +1,5 @@
-"""Data sub-commands: ``filter``, ``split``, ``stats``, ``synth`` (thin wrappers over kneelib.data)."""
+"""Data sub-commands: ``filter``, ``split``, ``stats``, ``synth`` and ``data verify|prepare`` (thin wrappers
+over kneelib.data)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--signs", type=float, default=1.0,
                    help="KL sign strength: 1 realistic (default), >1 exaggerated (the smoke profile uses 3)")
     p.set_defaults(func=cmd_synth)
+    register_paper_data(sub)
+
+
+def register_paper_data(sub: argparse._SubParsersAction) -> None:
+    """``kneelib data verify DIR`` and ``kneelib data prepare SRC OUT``."""
+    from kneelib.data.prepare import CLAHE_MODES, LINK_MODES
+
+    p = sub.add_parser("data", help="the paper's data set: verify a copy against its manifest, prepare a variant",
+                       description="Compare a copy of the paper's data set (Chen 2018, doi:10.17632/56rmx5bjcr.1) "
+                       "with the manifest of its 8,260 crops shipped in kneelib, or turn a variant into its layout.")
+    actions = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    manifest_help = ("compare with this manifest (CSV or .csv.gz: split, grade, file, bytes, sha256) instead of "
+                     "the paper's")
+    v = actions.add_parser("verify", help="compare DIR with the paper's data set, file by file (exit 0 only if exact)",
+                           description="Report, per split and grade, the files of DIR that match the paper's, are "
+                           "missing, extra, relabelled (another split or grade) or changed (same name, other bytes), "
+                           "which variant DIR is (kneeKL299, other preprocessing, a pool, extra folders) and what to "
+                           "do. Writes nothing. Exit status: 0 exact copy, 1 any difference, 2 bad input.")
+    v.add_argument("dir", type=Path, metavar="DIR", help="split folders, a pool of grade folders, or a manifest CSV")
+    v.add_argument("--json", action="store_true", help="print the report as JSON (every file named)")
+    v.add_argument("--manifest", type=Path, default=None, metavar="CSV", help=manifest_help)
+    v.set_defaults(func=cmd_data_verify)
+
+    v = actions.add_parser("prepare", help="write the paper's layout (224 px, its split) from a variant in SRC",
+                           description="Write OUT/{train,val,test}/{0..4}/ at 224 px with the manifest's split and "
+                           "grade from any variant in SRC (kneeKL299, a pool, another layout): identical files are "
+                           "linked, others resized (area) and, where needed, given the paper's CLAHE. Nothing is "
+                           "written into SRC; OUT appears only complete; a re-run finds it done.")
+    v.add_argument("src", type=Path, metavar="SRC")
+    v.add_argument("out", type=Path, metavar="OUT")
+    v.add_argument("--clahe", choices=CLAHE_MODES, default="auto",
+                   help="apply the paper's CLAHE to converted files: auto (when the copy lacks it; default), on, off")
+    v.add_argument("--link", choices=LINK_MODES, default="hardlink",
+                   help="how identical files enter OUT (default hardlink, falling back to a copy)")
+    v.add_argument("--force", action="store_true", help="rebuild OUT if it exists")
+    v.add_argument("--manifest", type=Path, default=None, metavar="CSV", help=manifest_help)
+    v.set_defaults(func=cmd_data_prepare)
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -173,4 +211,38 @@ def cmd_synth(args: argparse.Namespace) -> int:
                      signs=args.signs)
     print(f"wrote synthetic data set to {args.out}/")
     print(class_counts(args.out).to_string())
+    return 0
+
+
+def cmd_data_verify(args: argparse.Namespace) -> int:
+    """``kneelib data verify DIR [--json]``: 0 for an exact copy, 1 otherwise."""
+    from kneelib.data.verify import verify
+
+    report = verify(args.dir, manifest=args.manifest)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.render())
+    return 0 if report.exact else 1
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """``kneelib data prepare SRC OUT``."""
+    from kneelib.data.prepare import PREPARE_INFO, prepare
+    from kneelib.data.verify_text import verdict
+
+    result = prepare(args.src, args.out, manifest=args.manifest, clahe=args.clahe, link=args.link, force=args.force)
+    print(f"{args.src}: {verdict(result.report)}")
+    if result.already:
+        print(f"{args.out}/ is already prepared from it with these options ({PREPARE_INFO}); --force rebuilds it")
+        return 0
+    per_split = ", ".join(f"{s} {n:,}" for s, n in result.written.items()) or "no files"
+    how = "with the paper's CLAHE" if result.clahe else "without CLAHE"
+    print(f"wrote {args.out}/ in {result.seconds:.1f} s: {per_split} ({result.linked:,} identical files "
+          f"{'linked' if result.link != 'copy' else 'copied'}, {result.converted:,} converted to 224 px {how})")
+    if result.relabelled:
+        print(f"put {result.relabelled:,} relabelled file(s) back in the paper's split and grade")
+    if result.skipped:
+        print(f"left out: {result.skipped_summary()} (listed in {args.out}/{PREPARE_INFO})")
+    if result.missing:
+        print("not in the source: " + ", ".join(f"{s} {n:,}" for s, n in result.missing.items()))
+    if result.converted:
+        print("converted files hold other bytes than the paper's: `kneelib data verify` reports them as changed")
     return 0

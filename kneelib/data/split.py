@@ -188,7 +188,7 @@ def exclude(samples: Sequence[Sample], flagged: set[Path]) -> tuple[list[Sample]
     return kept, len(samples) - len(kept)
 
 
-def _place(src: Path, dest: Path, mode: list[str]) -> None:
+def place_file(src: Path, dest: Path, mode: list[str]) -> None:
     """Symlink ``dest`` → ``src``; fall back to a hardlink, then a copy (``mode[0]`` remembers)."""
     while True:
         try:
@@ -237,7 +237,7 @@ def write_split(samples: Sequence[Sample], out: str | os.PathLike, *, info: dict
             used.add(rel)
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             src = s.path.resolve()
-            _place(src, tmp / rel, mode)
+            place_file(src, tmp / rel, mode)
             rows.append((rel.as_posix(), s.grade, s.patient_id, s.side or "", s.split, str(src),
                          info.get("protocol", "")))
         with open(tmp / MANIFEST_NAME, "w", newline="") as handle:
