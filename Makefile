@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kneelib-installed
+# this venv's JupyterLab saves widget state on save: a notebook run and saved there reopens with its widgets
+LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.d/kneelib.json
 PROFILE ?= smoke
 
 .PHONY: setup test test-fast reproduce clean
@@ -15,7 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+$(LAB_OVERRIDES): | $(STAMP)
+	@mkdir -p $(dir $@)
+	@printf '{"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}}\n' > $@
+
+setup: $(STAMP) $(LAB_OVERRIDES)
 
 test: setup
 	$(BIN)/python -m pytest -q tests

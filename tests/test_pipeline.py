@@ -120,3 +120,30 @@ def test_a_hung_cell_stops_the_notebook_with_a_clear_error(tmp_path: Path, monke
     with pytest.raises(KneelibError, match="notebook hang: a cell ran longer than 3 s"):
         notebooks.execute_notebook("hang", tmp_path / "out" / "hang.ipynb", {"x": 2}, timeout=3)
     assert (tmp_path / "out" / "hang.ipynb").is_file()  # the partial notebook is kept
+
+
+def test_committed_notebooks_name_no_folder_of_the_machine_that_ran_them() -> None:
+    """Injected parameters are relative to the repository (or empty): e.g. no /home/... or /work/... paths."""
+    import ast
+
+    import nbformat
+
+    from kneelib.pipeline.notebooks import NOTEBOOK_DIR
+
+    for path in sorted(NOTEBOOK_DIR.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if "injected-parameters" in cell.metadata.get("tags", []):
+                for node in ast.parse(cell.source).body:
+                    value = ast.literal_eval(node.value)
+                    if isinstance(value, str):
+                        assert not Path(value).is_absolute(), f"{path.name}: {ast.unparse(node)}"
+
+
+def test_parameters_outside_the_repository_stay_relative_when_beside_it(tmp_path: Path) -> None:
+    from kneelib.pipeline.notebooks import NOTEBOOK_DIR, REPO_ROOT, _portable
+
+    assert _portable(REPO_ROOT.parent / "shared" / "data", NOTEBOOK_DIR) == "../../shared/data"
+    assert _portable(REPO_ROOT / "runs" / "smoke", NOTEBOOK_DIR) == "../runs/smoke"
+    if REPO_ROOT.parent != Path("/"):  # a folder elsewhere on the machine stays absolute
+        assert _portable(Path("/kneelib-nowhere"), NOTEBOOK_DIR) == "/kneelib-nowhere"

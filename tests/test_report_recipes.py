@@ -62,3 +62,16 @@ def test_committed_ablation_is_complete() -> None:
     check = report.third_seed_table(results)
     assert list(check.index) == ["paper", "scratch"]
     assert report.third_seed_table({"variants": {}}) is None
+
+
+def test_the_densenet_learning_rate_is_the_one_val_prime_chose() -> None:
+    """FAMILY_FIELDS' DenseNet peak lr is the variant with the best mean val' accuracy in the committed runs
+    (selection never looks at the held-out split)."""
+    from kneelib.train.recipes import FAMILY_FIELDS, RECIPES
+
+    results = report.load_ablation(COMMITTED.with_name("recipe_densenet121_cpu.json"))
+    assert results["conditions"]["arch"] == "densenet121"
+    by_lr = {v["changes"]["lr"]: sum(v["best_val_acc"]) / len(v["best_val_acc"])
+             for v in results["variants"].values()}
+    chosen = FAMILY_FIELDS["scratch"]["densenet"]["lr"]
+    assert max(by_lr, key=by_lr.get) == chosen != RECIPES["scratch"]["lr"]

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"batch size (default {d['batch_size']})")
     p.add_argument("--recipe", default="paper", metavar="|".join(RECIPES),
                    help="training recipe: paper (the paper's, for ImageNet weights; default) or scratch "
-                   "(AdamW 4e-3 with warm-up + cosine: from random weights)")
+                   "(AdamW, peak lr 4e-3 for ResNets and 1e-3 for DenseNets, warm-up + cosine: from random weights)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: the recipe's; paper {d['lr']:g})")
     p.add_argument("--weight-decay", type=float, default=None,
                    help=f"weight decay (default: the recipe's; paper {d['weight_decay']:g})")

@@ -163,6 +163,24 @@ def write_manifest(samples: Sequence[Sample], path: str | os.PathLike, *, protoc
     return path
 
 
+def describe_split(source: str | os.PathLike, split: str) -> str:
+    """Which images a table was computed on, in words: the split and its size, and for a held-out manifest
+    (:func:`held_out_split`) that its ``test`` is the official val split, kept out of training and selection."""
+    from kneelib.data.layout import detect_layout, discover
+
+    source = Path(source)
+    n = sum(s.split == split for s in discover(source))
+    manifest = source if source.is_file() else source / MANIFEST_NAME
+    held_out = False
+    if detect_layout(source) == "manifest" and manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            held_out = any(row.get("protocol") == "held-out" for row in csv.DictReader(handle))
+    if held_out and split == "test":
+        return (f"the official val split ({n:,} crops), held out: the runs trained on train' and were selected on "
+                "val', a patient-grouped eighth of the official train split (the test split is withheld)")
+    return f"the {split} split ({n:,} crops)"
+
+
 def patients_across_splits(samples: Sequence[Sample]) -> dict[str, set[str | None]]:
     """Patients whose knees sit in more than one split (should be empty for ``grouped``)."""
     where: dict[str, set[str | None]] = defaultdict(set)

@@ -20,18 +20,23 @@ NOTEBOOKS = ("01_data", "02_se_blocks", "03_train", "04_ensemble", "05_results",
 
 
 def _portable(path: Path, cwd: Path) -> str:
-    """A path as a notebook parameter: relative to ``cwd`` when inside the repository, else absolute."""
+    """A path as a notebook parameter: relative to ``cwd`` when inside the repository or beside it (e.g.
+    ``../shared/data``), so an executed notebook names no folder of the machine that ran it; else absolute."""
     path = Path(os.path.abspath(path))
+    beside = REPO_ROOT.parent if REPO_ROOT.parent != Path(REPO_ROOT.anchor) else REPO_ROOT
     try:
-        path.relative_to(REPO_ROOT)
+        path.relative_to(beside)
         return os.path.relpath(path, cwd)
     except ValueError:
         return str(path)
 
 
 def notebook_parameters(profile: Profile, layout: Layout, data_dir: Path, *,
-                        device: str, real_data_dir: Path | None) -> dict[str, dict[str, Any]]:
-    """The papermill parameters of every notebook but the training one (see ``train_parameters``)."""
+                        device: str, real_data_dir: Path | None,
+                        source_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The papermill parameters of every notebook but the training one (see ``train_parameters``).
+    ``source_dir``: the folder ``data_dir`` was made from (a held-out manifest's), which ``01_data`` compares
+    with the paper's data set."""
     cwd = NOTEBOOK_DIR
     common = {"out_dir": _portable(layout.out, cwd), "data_dir": _portable(data_dir, cwd)}
     featured = {
@@ -39,7 +44,8 @@ def notebook_parameters(profile: Profile, layout: Layout, data_dir: Path, *,
         "seeds": list(profile.seeds), "device": device, "split": profile.split,
     }
     return {
-        "01_data": {**common, "real_data_dir": _portable(real_data_dir, cwd) if real_data_dir else ""},
+        "01_data": {**common, "real_data_dir": _portable(real_data_dir, cwd) if real_data_dir else "",
+                    "source_dir": _portable(source_dir, cwd) if source_dir and source_dir != data_dir else ""},
         "02_se_blocks": {**common, "image_size": profile.image_size,
                          "run_dir": _portable(layout.runs / run_name(
                              profile.featured_arch if profile.featured_arch.startswith("se_")

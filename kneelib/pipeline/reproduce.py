@@ -99,7 +99,8 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
         default_real = REPO_ROOT.parent / "shared" / "data" / "kneeKL224"
         real_data = default_real if default_real.is_dir() else None
     params = notebook_parameters(profile, layout, data_dir, device=device,
-                                 real_data_dir=Path(real_data) if real_data else None)
+                                 real_data_dir=Path(real_data) if real_data else None,
+                                 source_dir=Path(data) if data is not None else None)
     grid = sorted(((a, s) for s in profile.schemes for a in profile.archs),
                   key=lambda model: -TRAIN_COST.get(model[0], 1.0))
     total = len(grid) + len(NOTEBOOKS) - 1
@@ -132,6 +133,16 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
         except KneelibError as exc:
             log(f"warning: {exc}")
     return layout
+
+
+def _say_verdict(data: Path, log: Callable[[str], None]) -> None:
+    """Print how ``data`` compares with the paper's data set (``kneelib data verify``): a warning, not a stop."""
+    from kneelib.data.verify import verdict_line
+
+    try:
+        log(f"{data}: {verdict_line(data)}")
+    except KneelibError as exc:
+        log(f"warning: cannot compare {data} with the paper's data set ({exc})")
 
 
 def _held_out_data(data: Path, layout: Layout, log: Callable[[str], None]) -> Path:
@@ -177,6 +188,7 @@ def _prepare_data(profile: Profile, layout: Layout, data: str | Path | None,
         data = Path(data)
         if not data.is_dir():
             raise KneelibError(f"{data}: data directory not found")
+        _say_verdict(data, log)
         if profile.selection == "held-out":
             return _held_out_data(data, layout, log)
         return data

@@ -32,6 +32,7 @@ from kneelib.report.tables import (
     format_table,
     markdown_table,
     overhead_table,
+    results_summary,
     results_table,
     run_key,
     save_table,
@@ -46,6 +47,6 @@ __all__ = [
     "bilateral_figure", "explained_examples", "heatmap_figure",
     "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",
-    "prediction_figure", "probability_figure", "reliability_figure", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
+    "prediction_figure", "probability_figure", "reliability_figure", "results_summary", "results_table", "roc_figure", "run_key", "save_figure", "save_table",
     "se_excitation_figure", "se_gain_table", "select_model", "table1", "table6",
 ]

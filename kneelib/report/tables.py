@@ -200,6 +200,22 @@ def results_table(metrics_by_run: Mapping[str, Any], scheme: str = "kl5") -> pd.
     return df
 
 
+def results_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 4 or 5 (:func:`results_table`) narrow enough for a notebook page: one row per model, accuracy as
+    "mean ± sd" over the seeds, F1, QWK, MAE, the SE gain, and the paper's accuracy and SE gain beside."""
+    def mean_sd(mean: float, sd: float) -> str:
+        return "–" if math.isnan(mean) else f"{mean:.1f}" + ("" if math.isnan(sd) else f" ± {sd:.1f}")
+
+    out = pd.DataFrame({
+        "seeds": table["n_seeds"], "acc %": [mean_sd(m, s) for m, s in zip(table["accuracy"], table["accuracy_std"])],
+        "F1": table["f1"], "QWK": table["qwk"], "MAE": table["mae"], "SE gain": table["se_gain"],
+        "paper acc %": table["paper_accuracy"], "paper SE gain": table["paper_se_gain"]})
+    out.index = pd.Index(table["model"], name="model")
+    out.attrs["formats"] = {"seeds": "{:.0f}", "F1": "{:.2f}", "QWK": "{:.2f}", "MAE": "{:.2f}", "SE gain": "{:+.1f}",
+                            "paper acc %": "{:.2f}", "paper SE gain": "{:+.2f}"}
+    return out
+
+
 # --------------------------------------------------------------------------- SE gain per backbone
 def se_gain_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """What SE blocks add per backbone and scale (rows of :func:`kneelib.evaluate.sweep.se_gains`), in
