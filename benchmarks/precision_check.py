@@ -28,7 +28,10 @@ sys.path.insert(0, str(REPO))
 from kneelib import cpu_pin  # noqa: E402
 from kneelib.evaluate import evaluate_runs  # noqa: E402
 from kneelib.train import TrainConfig, train  # noqa: E402
-from recipe_ablation import make_manifest  # noqa: E402
+from kneelib.data.layout import discover  # noqa: E402
+from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "kneeKL224"
 
 
 def main() -> int:
@@ -43,7 +46,8 @@ def main() -> int:
     args = parser.parse_args()
     if cpu_pin.in_effect():
         raise SystemExit("the CPU pin is in effect: bf16 would be emulated; unset the pinned variables")
-    manifest = make_manifest(args.out)
+    manifest = write_manifest(held_out_split(discover(DATA), source=DATA), args.out / "manifest.csv",
+                              protocol="held-out")
     report = {"conditions": {
         "data": "kneeKL224: train' (5,056) / val' (722) from the official train split; official val (826) held out",
         "recipe": "scratch", "image_size": args.image_size, "epochs": args.epochs, "batch_size": 32,

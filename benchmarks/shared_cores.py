@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ DATA = REPO.parent / "shared" / "data" / "kneeKL224"
 def train_command(out: Path, args: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "kneelib", "train", "--data", str(DATA), "--arch", args.arch, "--recipe", "scratch",
             "--epochs", "1", "--limit", str(args.limit), "--image-size", "64", "--threads", str(args.threads),
-            "--out", str(out), "--quiet"]
+            "--precision", args.precision, "--out", str(out), "--quiet"]
 
 
 def timed(n: int, policy: str, args: argparse.Namespace, scratch: Path) -> float:
@@ -50,18 +51,27 @@ def main() -> int:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--limit", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds, each policy alone then paired, interleaved")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report = {"conditions": {"command": " ".join(train_command(Path("RUN"), args)[1:]), "cpus": os.cpu_count()},
               "policies": {}}
+    times: dict[str, dict[str, list[float]]] = {p: {"alone": [], "pair": []} for p in args.policies}
     with tempfile.TemporaryDirectory() as scratch:
-        for policy in args.policies:
-            alone = timed(1, policy, args, Path(scratch))
-            pair = timed(2, policy, args, Path(scratch))
-            report["policies"][policy] = {"alone_s": round(alone, 1), "two_side_by_side_s": round(pair, 1),
-                                          "ratio": round(pair / alone, 2)}
-            print(f"OMP_WAIT_POLICY={policy}: alone {alone:.1f} s, two side by side {pair:.1f} s "
-                  f"({pair / alone:.2f}x)", flush=True)
+        timed(1, args.policies[0], args, Path(scratch))  # warm the page cache and the imports first, untimed
+        for _ in range(args.repeats):
+            for policy in args.policies:
+                times[policy]["alone"].append(timed(1, policy, args, Path(scratch)))
+                times[policy]["pair"].append(timed(2, policy, args, Path(scratch)))
+                print(f"OMP_WAIT_POLICY={policy}: alone {times[policy]['alone'][-1]:.1f} s, two side by side "
+                      f"{times[policy]['pair'][-1]:.1f} s", flush=True)
+    for policy, t in times.items():
+        alone, pair = statistics.median(t["alone"]), statistics.median(t["pair"])
+        report["policies"][policy] = {"alone_s": [round(x, 1) for x in t["alone"]],
+                                      "two_side_by_side_s": [round(x, 1) for x in t["pair"]],
+                                      "ratio_of_medians": round(pair / alone, 2)}
+        print(f"{policy}: median alone {alone:.1f} s, side by side {pair:.1f} s, {pair / alone:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     return 0

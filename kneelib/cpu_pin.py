@@ -114,20 +114,3 @@ def describe() -> dict[str, object]:
         "environment": {k: os.environ.get(k) for k in PIN},
     }
 
-
-#: Opt-out of :func:`wait_passively`: ``KNEELIB_OMP_WAIT_POLICY=default`` leaves OpenMP's own waiting alone.
-WAIT_OPT_OUT = "KNEELIB_OMP_WAIT_POLICY"
-
-
-def wait_passively(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Let idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``), unless the caller set
-    a policy or opted out (:data:`WAIT_OPT_OUT`). PyTorch's OpenMP threads otherwise spin between parallel
-    regions, and two processes sharing the cores (a notebook beside a sweep, two trainings) spend their time
-    spinning against each other: a training epoch took 7x as long beside another (benchmarks/shared_cores.py).
-    Read once, when OpenMP loads with torch: kneelib sets it on import, and its sweeps' kernels inherit it.
-    Returns True when it set the variable."""
-    env = os.environ if environ is None else environ
-    if "OMP_WAIT_POLICY" in env or env.get(WAIT_OPT_OUT) == "default":
-        return False
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True

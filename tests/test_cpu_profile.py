@@ -114,7 +114,7 @@ def test_projection_scales_timed_steps() -> None:
     assert p.epoch_seconds("a") == pytest.approx(100 * 0.01 + 10 * 0.001)
     assert p.run_seconds("b") == pytest.approx(3 * (2 + 0.02) + 20 * 0.002)
     assert p.total_seconds == pytest.approx(2 * (p.run_seconds("a") + p.run_seconds("b")))
-    assert "projected training time: 0 min for 4 runs of 3 epochs" in p.describe()
+    assert "projected training time: 0.1 min for 4 runs of 3 epochs" in p.describe()
 
 
 def test_sweep_progress_counts_runs_and_weighted_epochs(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_se_gain_table() -> None:
              "se_accuracy": 0.52, "diff": 0.02, "lo": -0.01, "hi": 0.05, "p": 0.2}]
     table = report.se_gain_table(rows)
     row = table.iloc[0]
-    assert row["backbone"] == "DenseNet-121" and row["SE gain pp"] == pytest.approx(2.0)
+    assert table.index[0] == "DenseNet-121" and row["SE gain pp"] == pytest.approx(2.0)
     assert row["95% CI"] == "-1.0 to +5.0" and row["paper gain pp"] == pytest.approx(69.77 - 66.73)  # Table 4
     assert isinstance(report.format_table(table), pd.DataFrame | str)
 
@@ -159,3 +159,21 @@ def test_cpu_profile_settings() -> None:
     cpu = get_profile("cpu")
     assert (cpu.recipe, cpu.weights, cpu.selection, cpu.project, cpu.jobs) == ("scratch", "none", "held-out", True, 1)
     assert len(cpu.archs) * len(cpu.schemes) == 16 and cpu.seeds == (21, 42, 84)
+
+
+def test_thread_governor_follows_what_other_processes_leave_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kneelib.train import threads as governed
+
+    clock = iter([0.0, 1.0, 10.0, 20.0, 30.0]).__next__
+    samples = iter([(0.0, 0.0), (15.0, 5.0), (35.0, 15.0), (45.0, 25.0)]).__next__  # (all busy s, own busy s)
+    set_to: list[int] = []
+    monkeypatch.setattr(governed.torch, "set_num_threads", set_to.append)
+    lines: list[str] = []
+    gov = governed.ThreadGovernor(2, interval=5.0, clock=clock, sample=samples, cpus=2, log=lines.append)
+    assert gov.step() == 2  # 1 s after the start: too early to look
+    assert gov.step() == 1  # 10 s: others used 10 of 20 core-seconds (1 core busy) -> 1 thread
+    assert gov.step() == 1 and set_to == [1]  # others still use one core: no change
+    assert gov.step() == 2 and set_to == [1, 2]  # others idle again -> back to the starting count
+    assert lines[0] == "threads 2 -> 1: other processes used 1.0 of 2 cores"
+    assert governed.ThreadGovernor(1, cpus=2).step() == 1  # a single-threaded run is never changed
+    assert governed.cpu_times() is None or all(t >= 0 for t in governed.cpu_times())

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from kneelib.atomic import atomic_path, write_text
 from kneelib.data.io import decode, is_image_file
-from kneelib.data.layout import discover
+from kneelib.data.layout import MANIFEST_NAME, discover
 from kneelib.data.pixels import ImageReadError, to_gray_uint8
 from kneelib.errors import KneelibError
 
@@ -135,6 +135,8 @@ def list_images(source: str | os.PathLike) -> list[Path]:
     for root, dirs, files in os.walk(source, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(root, f) for f in files if is_image_file(f))
+    if not found and (source / MANIFEST_NAME).is_file():  # a folder holding only a manifest (e.g. held-out)
+        return [s.path for s in discover(source)]
     if not found:
         raise KneelibError(f"{source}: no images (.png/.jpg/.jpeg) found")
     return sorted(found)

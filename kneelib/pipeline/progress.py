@@ -52,7 +52,7 @@ class Projection:
     def describe(self) -> str:
         """One line: the total and the cost of each architecture's run."""
         per_run = ", ".join(f"{a} {self.run_seconds(a) / 60:.1f}" for a in self.train_seconds)
-        return (f"projected training time: {self.total_seconds / 60:.0f} min for "
+        return (f"projected training time: {self.total_seconds / 60:.{0 if self.total_seconds >= 600 else 1}f} min for "
                 f"{len(self.train_seconds) * self.runs_per_arch} runs of {self.epochs} epochs over "
                 f"{self.counts['train']:,} images (minutes per run: {per_run}; from {TIMED_STEPS} timed steps "
                 f"per architecture)")

@@ -95,7 +95,7 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
     if profile.project:
         projection = _projection(profile, data_dir, device, log)
         weights = {arch: projection.epoch_seconds(arch) for arch in profile.archs}
-    if real_data is None:
+    if real_data is None and data is None:  # synthetic data: show it beside the real crops when they are here
         default_real = REPO_ROOT.parent / "shared" / "data" / "kneeKL224"
         real_data = default_real if default_real.is_dir() else None
     params = notebook_parameters(profile, layout, data_dir, device=device,

@@ -230,7 +230,8 @@ def se_gain_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                     "p": r["p"],
                     "paper gain pp": (float(theirs.at[se, "se_gain"]) if theirs is not None and se in theirs.index
                                       else math.nan)})
-    df = pd.DataFrame(out)
+    df = pd.DataFrame(out, columns=["scale", "backbone", "images", "seeds", "plain %", "SE %", "SE gain pp", "95% CI",
+                                    "p", "paper gain pp"]).set_index("backbone")
     df.attrs["formats"] = {"plain %": "{:.1f}", "SE %": "{:.1f}", "SE gain pp": "{:+.1f}", "p": "{:.2f}",
                            "paper gain pp": "{:+.2f}"}
     return df

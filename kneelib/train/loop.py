@@ -38,6 +38,7 @@ from kneelib.train.config import (
     run_config,
 )
 from kneelib.train.steps import EagerStep, GraphedStep, make_step
+from kneelib.train.threads import ThreadGovernor
 
 __all__ = ["TrainConfig", "train", "run_status"]
 
@@ -140,11 +141,12 @@ def _run_epoch(model: nn.Module, loader: Iterable, device: torch.device, *,
                step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                ema: nn.Module | None = None,
                step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-               total: int | None = None) -> tuple[float, float, int]:
+               total: int | None = None, governor: ThreadGovernor | None = None) -> tuple[float, float, int]:
     """One pass; trains when ``optimizer`` is given. Returns (mean loss, accuracy, images seen).
 
     ``step`` runs a batch (default: an eager :class:`~kneelib.train.steps.EagerStep`). Training steps
-    ``step_scheduler`` after every batch (per-step schedules) and updates ``ema``. Sums stay on the
+    ``step_scheduler`` after every batch (per-step schedules), updates ``ema`` and lets ``governor`` re-size
+    the CPU threads to what other processes leave free. Sums stay on the
     device (no host sync per batch on a GPU); the step runs in its precision (bf16 autocast on CUDA).
     """
     cuda = device.type == "cuda"
@@ -166,6 +168,8 @@ def _run_epoch(model: nn.Module, loader: Iterable, device: torch.device, *,
                     step_scheduler.step()
                 if ema is not None:
                     ema.update_parameters(model)
+                if governor is not None:
+                    governor.step()
             n = targets.numel()
             total_loss += loss.double() * n
             correct += (logits.argmax(1) == targets).sum()
@@ -227,6 +231,7 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
                       device=str(device), threads=torch.get_num_threads(), workers=workers,
                       versions=runtime.versions(), git_commit=commit, git_dirty=dirty,
                       counts={k: len(v) for k, v in splits.items()})
+    meta["threads_adaptive"] = config.threads is None and device.type == "cpu" and torch.get_num_threads() > 1
     if state in ("finished", "resume"):
         saved = ckpt.read_json(out / ckpt.CONFIG)
         diff = config_mismatch(saved, meta)
@@ -284,6 +289,8 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
                                          drop_last=drop, memory_format=memory_format)
 
     train_step, val_step = lazy_step(model, optimizer, config.label_smoothing), lazy_step(kept, None, 0.0)
+    # A thread count left open adapts to the other processes on the machine (kneelib.train.threads).
+    governor = ThreadGovernor(torch.get_num_threads(), log=say) if meta["threads_adaptive"] else None
     start, best_acc, best_epoch, history = 0, -math.inf, None, []
     if resuming:
         last = ckpt.load_checkpoint(out / ckpt.LAST)
@@ -314,7 +321,7 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
                 model, batches("train", epoch), device, optimizer=optimizer, bar=bar,
                 desc=f"epoch {epoch}/{config.epochs} train", memory_format=memory_format,
                 label_smoothing=config.label_smoothing, step_scheduler=scheduler if per_step else None,
-                ema=ema, step=train_step, total=steps_per_epoch)
+                ema=ema, step=train_step, total=steps_per_epoch, governor=governor)
             train_seconds = time.perf_counter() - tic
             val_loss, val_acc, _ = _run_epoch(
                 kept, batches("val", None), device, optimizer=None, bar=bar,
