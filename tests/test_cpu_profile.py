@@ -114,7 +114,7 @@ def test_projection_scales_timed_steps() -> None:
     assert p.epoch_seconds("a") == pytest.approx(100 * 0.01 + 10 * 0.001)
     assert p.run_seconds("b") == pytest.approx(3 * (2 + 0.02) + 20 * 0.002)
     assert p.total_seconds == pytest.approx(2 * (p.run_seconds("a") + p.run_seconds("b")))
-    assert "projected training time: 0.1 min for 4 runs of 3 epochs" in p.describe()
+    assert "projected training time: 0.3 min for 4 runs of 3 epochs" in p.describe()
 
 
 def test_sweep_progress_counts_runs_and_weighted_epochs(tmp_path: Path) -> None:

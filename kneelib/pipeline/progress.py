@@ -11,11 +11,12 @@ estimated from the work done so far (epochs weighted by their projected cost).
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -112,8 +113,8 @@ class SweepProgress:
     """One tqdm bar over every run of a sweep, fed by polling the runs' ``status.json`` (a daemon thread).
 
     ``runs``: run directory -> the relative cost of one of its epochs (projected seconds, or any weights).
-    The bar counts weighted epochs, so its rate and time left are in the sweep's real proportions; the text
-    beside it says runs done and epochs done. ``disable=None``: shown only on a terminal."""
+    The bar counts weighted epochs, so its rate and time left are in the sweep's real proportions; its label
+    says runs done and epochs done. ``disable=None``: shown only on a terminal."""
 
     runs: Mapping[Path, float]
     epochs: int
@@ -127,8 +128,10 @@ class SweepProgress:
 
         done = self._work()[0]
         total = sum(self.runs.values()) * self.epochs
-        self.bar = tqdm(total=total, initial=done, desc="sweep", file=self.file, disable=self.disable,
-                        smoothing=0, bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+        size = shutil.get_terminal_size((100, 24))  # a pty of size 0 (e.g. under `script`): tqdm would hide the bar
+        self.bar = tqdm(total=total, initial=done, desc="sweep", file=self.file, disable=self.disable, smoothing=0,
+                        ncols=size.columns, nrows=size.lines,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
         self._refresh()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -147,17 +150,18 @@ class SweepProgress:
 
     def _refresh(self) -> None:
         work, epochs, finished = self._work()
-        self.bar.set_postfix_str(f"runs {finished}/{len(self.runs)}, epochs {epochs}/{len(self.runs) * self.epochs}",
-                                 refresh=False)
+        self.bar.set_description_str(f"sweep: runs {finished}/{len(self.runs)}, epochs {epochs}/"
+                                     f"{len(self.runs) * self.epochs}", refresh=False)
         self.bar.update(work - self.bar.n)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
             self._refresh()
 
-    def write(self, line: str) -> None:
-        """Print ``line`` above the bar."""
-        self.bar.write(line, file=sys.stdout)
+    def write(self, line: str, log: Callable[[str], object] = print) -> None:
+        """Pass ``line`` to ``log`` (stdout by default) with the bar cleared, then redraw the bar below it."""
+        with self.bar.external_write_mode(file=sys.stdout):
+            log(line)
 
     def close(self) -> None:
         """Stop polling, draw the final state and close the bar."""

@@ -122,7 +122,7 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
     runs = {layout.runs / run_name(a, s, seed): weights[a] for a, s in grid for seed in profile.seeds}
     with SweepProgress(runs, profile.epochs) as progress:
         for output, seconds in runner.run(todo, timeout=profile.cell_timeout, split=profile.split):
-            progress.write(f"[{next(counter)}/{total}] {output.stem}: done in {seconds:.1f} s")
+            progress.write(f"[{next(counter)}/{total}] {output.stem}: done in {seconds:.1f} s", log)
     for name in ("02_se_blocks", "04_ensemble", "05_results", "06_predict"):
         step(name, layout.notebooks / f"{name}.ipynb", params[name])
     log(f"reproduce ({profile.name}) finished in {(time.time() - started) / 60:.1f} min: "
