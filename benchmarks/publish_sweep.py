@@ -1,12 +1,14 @@
 """Copy what a sweep measured into a folder fit for the repository: tables, Figs. 5-7, every run's learning curve.
 
-    python benchmarks/publish_sweep.py runs/cpu figures/real-cpu --log /tmp/cpu-sweep.log
+    python benchmarks/publish_sweep.py runs/cpu figures/real-cpu --log /tmp/cpu-sweep.log [--log /tmp/resumed.log]
 
 Copies ``OUT/tables/*.{md,csv}``, the figures that show no more than the paper's own figures do (``fig5_confusion``,
 ``fig6_roc``, ``fig7_probabilities``, ``reliability``), and per run ``history.csv`` plus the parts of
 ``config.json`` that say how it ran (recipe fields, image size, epochs, arithmetic, counts, versions) into DEST,
-and ``DEST/sweep.json``: the runs' best epochs and val' accuracies and, with ``--log``, the sweep's projected and
-actual minutes as ``kneelib reproduce`` printed them. Never copies images of the data set.
+and ``DEST/sweep.json``: the runs' best epochs and val' accuracies and, with ``--log`` (once per session of a sweep
+that was resumed), the projected and actual minutes as ``kneelib reproduce`` printed them: the notebooks' seconds
+are summed over the logs (a notebook whose runs finished earlier counts once, where it trained: its longest time). Never copies images of
+the data set.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the sweep's --out folder")
     parser.add_argument("dest", type=Path)
-    parser.add_argument("--log", type=Path, help="what `kneelib reproduce` printed (projected and actual minutes)")
+    parser.add_argument("--log", type=Path, action="append", default=[],
+                        help="what `kneelib reproduce` printed (projected and actual minutes); once per session")
     args = parser.parse_args()
     if not (args.out / "runs").is_dir():
         print(f"publish_sweep: error: {args.out}: no runs/ folder", file=sys.stderr)
@@ -53,17 +56,63 @@ def main() -> int:
         runs[run.name] = {"best_epoch": status.get("best_epoch"), "best_val_prime_acc": status.get("best_val_acc"),
                           "finished": status.get("finished")}
     summary: dict = {"runs": runs}
-    if args.log and args.log.is_file():
-        text = args.log.read_text()
-        projected = re.search(r"projected training time: (\d+) min", text)
-        finished = re.search(r"reproduce \(\w+\) finished in ([\d.]+) min", text)
-        summary["projected_training_minutes"] = int(projected.group(1)) if projected else None
-        summary["sweep_minutes"] = float(finished.group(1)) if finished else None
-        summary["log_lines"] = [line for line in text.splitlines() if line.startswith(("[", "projected", "reproduce",
-                                                                                          "../", "/"))][:80]
+    if args.log:
+        summary.update(_timings([path.read_text() for path in args.log]))
     (args.dest / "sweep.json").write_text(json.dumps(summary, indent=1) + "\n")
+    table = _summary_table(args.out)
+    if table:
+        (args.dest / "summary.md").write_text(table)
     print(f"published {len(runs)} runs to {args.dest}")
     return 0
+
+
+def _summary_table(out: Path) -> str:
+    """Markdown: per architecture and scale, the reported split's accuracy with its bootstrap 95% CI (the first seed's
+    run, or the seeds' ensemble when there are several), QWK, and the paper's accuracy (Tables 4 and 5)."""
+    from kneelib.pipeline.profiles import ALL_ARCHS
+    from kneelib.report import paper
+
+    cells = {}
+    for arch in ALL_ARCHS:
+        for scheme in ("kl5", "kl4"):
+            path = out / "eval" / f"{arch}_{scheme}" / "metrics.json"
+            if not path.is_file():
+                continue
+            metrics = json.loads(path.read_text())
+            m = metrics["ensemble"] or next(iter(metrics["models"].values()))
+            low, high = (100 * v for v in m["ci"]["accuracy"])
+            published = {row.arch: row.accuracy for row in paper.RESULT_TABLES[scheme]}
+            cells[arch, scheme] = (f"{100 * m['accuracy']:.1f} ({low:.1f}–{high:.1f})", f"{m['qwk']:.2f}",
+                                   f"{published[arch]:.2f}")
+    if not cells:
+        return ""
+    lines = ["| model | 5-class acc % (95% CI) | QWK | paper | 4-class acc % (95% CI) | QWK | paper |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for arch in ALL_ARCHS:
+        row = [paper.display_name(arch)]
+        for scheme in ("kl5", "kl4"):
+            row += list(cells.get((arch, scheme), ("–", "–", "–")))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _timings(logs: list[str]) -> dict:
+    """Projected minutes and the seconds each notebook took, from one or more sessions' logs."""
+    seconds: dict[str, float] = {}
+    projected, finished, lines = [], [], []
+    for text in logs:
+        found = re.search(r"projected training time: ([\d.]+) min", text)
+        projected.append(float(found.group(1)) if found else None)
+        found = re.search(r"reproduce \(\w+\) finished in ([\d.]+) min", text)
+        finished.append(float(found.group(1)) if found else None)
+        for name, value in re.findall(r"^\[\d+/\d+\] (\S+): done in ([\d.]+) s", text, flags=re.M):
+            seconds[name] = max(seconds.get(name, 0.0), float(value))  # a resumed finished run: seconds
+        lines.append([line for line in text.splitlines()
+                      if line.startswith(("[", "projected", "reproduce", "../", "/"))][:80])
+    train = sum(v for k, v in seconds.items() if k.startswith("03_train"))
+    return {"projected_training_minutes": projected, "session_minutes": finished,
+            "notebook_seconds": seconds, "training_notebook_minutes": round(train / 60, 1),
+            "all_notebook_minutes": round(sum(seconds.values()) / 60, 1), "log_lines": lines}
 
 
 if __name__ == "__main__":
