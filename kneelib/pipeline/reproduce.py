@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -66,10 +66,11 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
               ray_address: str | None = None) -> Layout:
     """Run the whole notebook sweep of ``profile``; returns where everything was written.
 
-    Order: ``01_data``; ``03_train`` once per arch × scheme (``profile.jobs`` at a time, the costliest
-    first), each followed by its group's evaluation; then ``02_se_blocks`` (it looks inside a trained SE
-    model), ``04_ensemble``, ``05_results`` and ``06_predict``. The first failing notebook stops the sweep
-    (its partial output is kept). ``executor``: ``local`` (worker processes here) or ``ray`` (Ray tasks on a
+    Order: ``03_train`` once per arch × scheme (``profile.jobs`` at a time, the costliest first), each
+    followed by its group's evaluation, with ``01_data`` beside them; then ``02_se_blocks`` (it looks inside a
+    trained SE model), ``04_ensemble``, ``05_results`` and ``06_predict``, two at a time. A failing notebook
+    stops the sweep (its partial output is kept; a failed ``01_data`` once the training notebook running
+    beside it is done). ``executor``: ``local`` (worker processes here) or ``ray`` (Ray tasks on a
     local instance, or on the cluster at ``ray_address``; checked before anything runs).
     """
     if profile.pin_cpu:
@@ -104,27 +105,37 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
     grid = sorted(((a, s) for s in profile.schemes for a in profile.archs),
                   key=lambda model: -TRAIN_COST.get(model[0], 1.0))
     total = len(grid) + len(NOTEBOOKS) - 1
-    counter = iter(range(1, total + 1))
+    counter = iter(range(2, total + 1))  # [1/total] is 01_data's, whenever it finishes
 
-    def step(name: str, output: Path, parameters: dict[str, Any]) -> None:
-        seconds = timed_notebook(name, output, parameters, profile.cell_timeout)
-        log(f"[{next(counter)}/{total}] {output.stem}: done in {seconds:.1f} s")
+    def done(number: int, output: Path, seconds: float) -> str:
+        return f"[{number}/{total}] {output.stem}: done in {seconds:.1f} s"
 
-    step("01_data", layout.notebooks / "01_data.ipynb", params["01_data"])
-    todo = []
-    for arch, scheme in grid:
-        output = layout.notebooks / "train" / f"{train_notebook_name(arch, scheme)}.ipynb"
-        runs = [layout.runs / run_name(arch, scheme, seed) for seed in profile.seeds]
-        if all(run_finished(r) for r in runs) and output.is_file():
-            log(f"[{next(counter)}/{total}] {output.stem}: finished earlier, skipped")
-            continue
-        todo.append((output, train_parameters(profile, layout, data_dir, arch, scheme, device=device)))
-    runs = {layout.runs / run_name(a, s, seed): weights[a] for a, s in grid for seed in profile.seeds}
-    with SweepProgress(runs, profile.epochs) as progress:
-        for output, seconds in runner.run(todo, timeout=profile.cell_timeout, split=profile.split):
-            progress.write(f"[{next(counter)}/{total}] {output.stem}: done in {seconds:.1f} s", log)
-    for name in ("02_se_blocks", "04_ensemble", "05_results", "06_predict"):
-        step(name, layout.notebooks / f"{name}.ipynb", params[name])
+    # Notebooks other than training run in spawned processes (papermill changes the working directory of the
+    # process it runs in): 01_data beside the training, as nothing there needs it; the four that read the
+    # trained runs afterwards, two at a time, so that no core idles in the sweep's serial phases.
+    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as side:
+        first = side.submit(timed_notebook, "01_data", layout.notebooks / "01_data.ipynb", params["01_data"],
+                            profile.cell_timeout)
+        todo = []
+        for arch, scheme in grid:
+            output = layout.notebooks / "train" / f"{train_notebook_name(arch, scheme)}.ipynb"
+            runs = [layout.runs / run_name(arch, scheme, seed) for seed in profile.seeds]
+            if all(run_finished(r) for r in runs) and output.is_file():
+                log(f"[{next(counter)}/{total}] {output.stem}: finished earlier, skipped")
+                continue
+            todo.append((output, train_parameters(profile, layout, data_dir, arch, scheme, device=device)))
+        runs = {layout.runs / run_name(a, s, seed): weights[a] for a, s in grid for seed in profile.seeds}
+        with SweepProgress(runs, profile.epochs) as progress:
+            for output, seconds in runner.run(todo, timeout=profile.cell_timeout, split=profile.split):
+                progress.write(done(next(counter), output, seconds), log)
+                if first.done() and first.exception() is not None:
+                    break  # 01_data failed: stop here, its error is raised below
+        log(done(1, layout.notebooks / "01_data.ipynb", first.result()))
+        last = {side.submit(timed_notebook, name, layout.notebooks / f"{name}.ipynb", params[name],
+                            profile.cell_timeout): layout.notebooks / f"{name}.ipynb"
+                for name in ("02_se_blocks", "04_ensemble", "05_results", "06_predict")}
+        for future in as_completed(last):
+            log(done(next(counter), last[future], future.result()))
     log(f"reproduce ({profile.name}) finished in {(time.time() - started) / 60:.1f} min: "
         f"tables in {layout.tables}, figures in {layout.figures}, notebooks in {layout.notebooks}")
     if data is None and load_reference(profile.name) is not None:
