@@ -17,7 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
 
     Order: ``03_train`` once per arch × scheme (``profile.jobs`` at a time, the costliest first), each
     followed by its group's evaluation, with ``01_data`` beside them; then ``02_se_blocks`` (it looks inside a
-    trained SE model), ``04_ensemble``, ``05_results`` and ``06_predict``, two at a time. A failing notebook
+    trained SE model), ``04_ensemble``, ``05_results`` and ``06_predict``. A failing notebook
     stops the sweep (its partial output is kept; a failed ``01_data`` once the training notebook running
     beside it is done). ``executor``: ``local`` (worker processes here) or ``ray`` (Ray tasks on a
     local instance, or on the cluster at ``ray_address``; checked before anything runs).
@@ -110,10 +110,10 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
     def done(number: int, output: Path, seconds: float) -> str:
         return f"[{number}/{total}] {output.stem}: done in {seconds:.1f} s"
 
-    # Notebooks other than training run in spawned processes (papermill changes the working directory of the
-    # process it runs in): 01_data beside the training, as nothing there needs it; the four that read the
-    # trained runs afterwards, two at a time, so that no core idles in the sweep's serial phases.
-    with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as side:
+    # 01_data runs beside the training (nothing there needs it; it reads images, no torch), in a spawned process:
+    # papermill changes the working directory of the process it runs in. The notebooks that read the trained
+    # runs follow one at a time: two at once measured slower (each kernel's threads spin against the other's).
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as side:
         first = side.submit(timed_notebook, "01_data", layout.notebooks / "01_data.ipynb", params["01_data"],
                             profile.cell_timeout)
         todo = []
@@ -131,11 +131,9 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
                 if first.done() and first.exception() is not None:
                     break  # 01_data failed: stop here, its error is raised below
         log(done(1, layout.notebooks / "01_data.ipynb", first.result()))
-        last = {side.submit(timed_notebook, name, layout.notebooks / f"{name}.ipynb", params[name],
-                            profile.cell_timeout): layout.notebooks / f"{name}.ipynb"
-                for name in ("02_se_blocks", "04_ensemble", "05_results", "06_predict")}
-        for future in as_completed(last):
-            log(done(next(counter), last[future], future.result()))
+    for name in ("02_se_blocks", "04_ensemble", "05_results", "06_predict"):
+        output = layout.notebooks / f"{name}.ipynb"
+        log(done(next(counter), output, timed_notebook(name, output, params[name], profile.cell_timeout)))
     log(f"reproduce ({profile.name}) finished in {(time.time() - started) / 60:.1f} min: "
         f"tables in {layout.tables}, figures in {layout.figures}, notebooks in {layout.notebooks}")
     if data is None and load_reference(profile.name) is not None:
