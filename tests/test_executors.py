@@ -87,6 +87,22 @@ def test_missing_gpus_and_unshared_out_are_one_line(tmp_path: Path, capsys: pyte
     assert not (tmp_path / "a" / "data").exists()
 
 
+def test_a_training_task_leaves_the_working_directory_where_it_was(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker runs several tasks: the evaluation's change of directory must not move the next task's
+    (relative) output, which once landed under notebooks/ instead of --out."""
+    import kneelib.evaluate.sweep as sweep
+
+    seen = []
+    monkeypatch.setattr(executors, "timed_notebook", lambda *args, **kwargs: seen.append(os.getcwd()) or 0.0)
+    monkeypatch.setattr(sweep, "evaluate_group", lambda *args, **kwargs: seen.append(os.getcwd()))
+    monkeypatch.chdir(tmp_path)
+    parameters = {"threads": 0, "runs_dir": "../runs/x/runs", "data_dir": "d", "arch": "resnet18", "scheme": "kl4",
+                  "seeds": [21], "device": "cpu"}
+    executors.train_model(Path("out.ipynb"), parameters, 0, "test")
+    assert seen == [str(tmp_path), str(executors.NOTEBOOK_DIR)] and os.getcwd() == str(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Layout, list[str]]:
     """The tiny grid through the local executor (the reference)."""

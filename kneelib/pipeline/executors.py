@@ -48,11 +48,15 @@ def train_model(output: Path, parameters: dict[str, Any], timeout: int, split: s
     if parameters["threads"]:
         torch.set_num_threads(parameters["threads"])
     # The notebooks name the sweep's folders relative to notebooks/: evaluate with the same names, so the
-    # cache's record of them matches when 04/05 look it up.
+    # cache's record of them matches when 04/05 look it up. The worker's next task starts where this one did.
+    cwd = os.getcwd()
     os.chdir(NOTEBOOK_DIR)
-    out_dir = str(Path(parameters["runs_dir"]).parent)
-    evaluate_group(out_dir, parameters["data_dir"], parameters["arch"], parameters["scheme"],
-                   parameters["seeds"], split=split, device=parameters["device"], progress=False)
+    try:
+        out_dir = str(Path(parameters["runs_dir"]).parent)
+        evaluate_group(out_dir, parameters["data_dir"], parameters["arch"], parameters["scheme"],
+                       parameters["seeds"], split=split, device=parameters["device"], progress=False)
+    finally:
+        os.chdir(cwd)
     return time.time() - t0
 
 

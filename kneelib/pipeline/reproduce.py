@@ -75,7 +75,8 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
     """
     if profile.pin_cpu:
         cpu_pin.apply()  # inherited by every kernel and worker started from here on
-    layout = Layout(Path(out) if out else REPO_ROOT / "runs" / profile.name)
+    # Absolute: papermill and the workers change their working directory, a relative --out would move with it.
+    layout = Layout((Path(out) if out else REPO_ROOT / "runs" / profile.name).resolve())
     if profile.jobs <= 0:
         profile = dataclasses.replace(profile, jobs=resolve_jobs(profile, device))
         log(f"{profile.jobs} training notebook(s) at once")
