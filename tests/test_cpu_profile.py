@@ -22,7 +22,7 @@ from kneelib.data.split import MIN_INNER_VAL_PER_GRADE, held_out_split, patients
 from kneelib.errors import KneelibError
 from kneelib.evaluate.metrics import paired_difference_ci
 from kneelib.pipeline.profiles import get_profile
-from kneelib.pipeline.progress import Projection, SweepProgress, time_steps
+from kneelib.pipeline.progress import Projection, SweepProgress, time_data, time_steps
 from kneelib.train import runtime
 from kneelib.train.config import TrainConfig
 from kneelib.train.recipes import FAMILY_FIELDS, RECIPES, arch_family, recipe_fields
@@ -115,6 +115,18 @@ def test_projection_scales_timed_steps() -> None:
     assert p.run_seconds("b") == pytest.approx(3 * (2 + 0.02) + 20 * 0.002)
     assert p.total_seconds == pytest.approx(2 * (p.run_seconds("a") + p.run_seconds("b")))
     assert "projected training time: 0.3 min for 4 runs of 3 epochs" in p.describe()
+
+
+def test_projection_counts_the_host_data_pipeline(tmp_path: Path) -> None:
+    samples = [s for s in discover(make_tiny_dataset(tmp_path / "d")) if s.split == "train"]
+    decode, augment, prepare = time_data(samples, "kl5", image_size=64, sample=4)
+    assert decode > 0 and augment > 0 and prepare > 0
+    counts = {"train": 100, "val": 10, "test": 20}
+    bare = Projection({"a": 0.01}, {"a": 0.001}, counts, epochs=3, runs_per_arch=1)
+    fed = Projection({"a": 0.01}, {"a": 0.001}, counts, epochs=3, runs_per_arch=1, data=(0.5, 0.2, 0.1))
+    assert fed.epoch_seconds("a") - bare.epoch_seconds("a") == pytest.approx(100 * 0.2 + 10 * 0.1)
+    assert fed.run_seconds("a") - bare.run_seconds("a") == pytest.approx(130 * 0.5 + 3 * 21 + 20 * 0.1)
+    assert "and the data pipeline on a sample" in fed.describe() and "data pipeline" not in bare.describe()
 
 
 def test_sweep_progress_counts_runs_and_weighted_epochs(tmp_path: Path) -> None:

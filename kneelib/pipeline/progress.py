@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 #: Timed steps per architecture (after one untimed warm-up step).
-TIMED_STEPS = 3
+TIMED_STEPS = 6
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,19 @@ class Projection:
     epochs: int
     runs_per_arch: int  # schemes x seeds
     jobs: int = 1
+    data: tuple[float, float, float] = (0.0, 0.0, 0.0)  # seconds per image: decode, train augmentation, eval input
 
     def epoch_seconds(self, arch: str) -> float:
         """One epoch of ``arch``: a pass over the train images and one over the selection images."""
-        return self.counts["train"] * self.train_seconds[arch] + self.counts["val"] * self.eval_seconds[arch]
+        _, augment, prepare = self.data
+        return (self.counts["train"] * (self.train_seconds[arch] + augment)
+                + self.counts["val"] * (self.eval_seconds[arch] + prepare))
 
     def run_seconds(self, arch: str) -> float:
-        """One run of ``arch``: its epochs plus its final evaluation."""
-        return self.epochs * self.epoch_seconds(arch) + self.counts["test"] * self.eval_seconds[arch]
+        """One run of ``arch``: decoding its images once, its epochs, and its final evaluation."""
+        decode, _, prepare = self.data
+        return (sum(self.counts.values()) * decode + self.epochs * self.epoch_seconds(arch)
+                + self.counts["test"] * (self.eval_seconds[arch] + prepare))
 
     @property
     def total_seconds(self) -> float:
@@ -56,7 +61,30 @@ class Projection:
         return (f"projected training time: {self.total_seconds / 60:.{0 if self.total_seconds >= 600 else 1}f} min for "
                 f"{len(self.train_seconds) * self.runs_per_arch} runs of {self.epochs} epochs over "
                 f"{self.counts['train']:,} images (minutes per run: {per_run}; from {TIMED_STEPS} timed steps "
-                f"per architecture)")
+                f"per architecture{' and the data pipeline on a sample' if any(self.data) else ''})")
+
+
+def time_data(samples: Sequence[Any], scheme: str, *, image_size: int, clahe: bool = False,
+              sample: int = 48) -> tuple[float, float, float]:
+    """``(decode, augment, prepare)`` seconds per image of the training loop's data pipeline, timed on the first
+    ``sample`` of ``samples`` (a fresh decode cache): decoding a file once, a training item (augmentation), an
+    evaluation item."""
+    from kneelib.data.dataset import DecodeCache, KneeDataset
+
+    chosen, cache = list(samples)[:sample], DecodeCache()
+    if not chosen:
+        return (0.0, 0.0, 0.0)
+    tic = time.perf_counter()
+    train = KneeDataset(chosen, scheme, image_size=image_size, train=True, clahe=clahe, cache=cache)
+    decode = (time.perf_counter() - tic) / len(chosen)
+    evaluate = KneeDataset(chosen, scheme, image_size=image_size, train=False, clahe=clahe, cache=cache)
+    seconds = []
+    for dataset in (train, evaluate):
+        tic = time.perf_counter()
+        for index in range(len(dataset)):
+            dataset[index]
+        seconds.append((time.perf_counter() - tic) / len(chosen))
+    return (decode, seconds[0], seconds[1])
 
 
 def time_steps(arch: str, *, image_size: int, batch_size: int, num_classes: int = 5, precision: str = "auto",
@@ -99,13 +127,14 @@ def time_steps(arch: str, *, image_size: int, batch_size: int, num_classes: int 
 
 def project_sweep(archs: Sequence[str], counts: Mapping[str, int], *, epochs: int, image_size: int,
                   batch_size: int, runs_per_arch: int, jobs: int = 1, device: str = "cpu",
-                  precision: str = "auto") -> Projection:
-    """The :class:`Projection` of a sweep over ``archs`` (``counts``: train, val and test images)."""
+                  precision: str = "auto", data: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Projection:
+    """The :class:`Projection` of a sweep over ``archs`` (``counts``: train, val and test images; ``data``:
+    :func:`time_data`'s seconds per image, when the images are on the host)."""
     train, evaluate = {}, {}
     for arch in archs:
         train[arch], evaluate[arch] = time_steps(arch, image_size=image_size, batch_size=batch_size,
                                                  precision=precision, device=device)
-    return Projection(train, evaluate, dict(counts), epochs, runs_per_arch, jobs)
+    return Projection(train, evaluate, dict(counts), epochs, runs_per_arch, jobs, data)
 
 
 @dataclass

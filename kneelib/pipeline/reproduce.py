@@ -36,7 +36,7 @@ from kneelib.pipeline.notebooks import (
     train_parameters,
 )
 from kneelib.pipeline.profiles import Layout, Profile, resolve_jobs
-from kneelib.pipeline.progress import Projection, SweepProgress, project_sweep
+from kneelib.pipeline.progress import Projection, SweepProgress, project_sweep, time_data
 from kneelib.pipeline.reference import check_sweep, load_reference
 from kneelib.train.config import run_name
 
@@ -182,9 +182,13 @@ def _projection(profile: Profile, data_dir: Path, device: str, log: Callable[[st
     threads = torch.get_num_threads()
     torch.set_num_threads(profile.threads or threads)  # as each training notebook will
     try:
+        # On a CPU the images are decoded and augmented on the host, by the same cores: time that too.
+        host = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        data = (time_data([s for s in samples if s.split == "train"], profile.schemes[0],
+                          image_size=profile.image_size, clahe=profile.clahe) if host else (0.0, 0.0, 0.0))
         projection = project_sweep(profile.archs, counts, epochs=profile.epochs, image_size=profile.image_size,
                                    batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
-                                   jobs=profile.jobs, device=device)
+                                   jobs=profile.jobs, device=device, data=data)
     finally:
         torch.set_num_threads(threads)
     log(projection.describe())
