@@ -113,4 +113,3 @@ def describe() -> dict[str, object]:
         "torch_capability": in_effect,
         "environment": {k: os.environ.get(k) for k in PIN},
     }
-

@@ -179,11 +179,13 @@ def _projection(profile: Profile, data_dir: Path, device: str, log: Callable[[st
     runs_per_arch = len(profile.schemes) * len(profile.seeds)
     import torch
 
+    from kneelib.train import runtime
+
     threads = torch.get_num_threads()
     torch.set_num_threads(profile.threads or threads)  # as each training notebook will
     try:
         # On a CPU the images are decoded and augmented on the host, by the same cores: time that too.
-        host = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+        host = runtime.resolve_device(device).type != "cuda"
         data = (time_data([s for s in samples if s.split == "train"], profile.schemes[0],
                           image_size=profile.image_size, clahe=profile.clahe) if host else (0.0, 0.0, 0.0))
         projection = project_sweep(profile.archs, counts, epochs=profile.epochs, image_size=profile.image_size,
