@@ -22,7 +22,7 @@ from kneelib.data.split import MIN_INNER_VAL_PER_GRADE, held_out_split, patients
 from kneelib.errors import KneelibError
 from kneelib.evaluate.metrics import paired_difference_ci
 from kneelib.pipeline.profiles import get_profile
-from kneelib.pipeline.progress import Projection, SweepProgress, time_data, time_steps
+from kneelib.pipeline.progress import Projection, SweepProgress, project_sweep, time_data, time_steps, trained_so_far
 from kneelib.train import runtime
 from kneelib.train.config import TrainConfig
 from kneelib.train.recipes import FAMILY_FIELDS, RECIPES, arch_family, recipe_fields
@@ -115,6 +115,26 @@ def test_projection_scales_timed_steps() -> None:
     assert p.run_seconds("b") == pytest.approx(3 * (2 + 0.02) + 20 * 0.002)
     assert p.total_seconds == pytest.approx(2 * (p.run_seconds("a") + p.run_seconds("b")))
     assert "projected training time: 0.3 min for 4 runs of 3 epochs" in p.describe()
+
+
+def test_projection_of_a_resumed_sweep_counts_only_what_is_left(tmp_path: Path) -> None:
+    for name, status in {"s21": {"finished": True, "epoch": 3}, "s42": {"finished": False, "epoch": 2},
+                         "broken": None}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "status.json").write_text("{" if status is None else json.dumps(status))
+    runs = [tmp_path / n for n in ("s21", "s42", "broken", "never-started")]
+    assert trained_so_far(runs, epochs=3) == (1, 2)
+    counts = {"train": 100, "val": 10, "test": 20}
+    fresh = Projection({"a": 0.01}, {"a": 0.001}, counts, epochs=3, runs_per_arch=4)
+    resumed = Projection({"a": 0.01}, {"a": 0.001}, counts, epochs=3, runs_per_arch=4, done={"a": (1, 2)})
+    assert resumed.total_seconds == pytest.approx(fresh.total_seconds - fresh.run_seconds("a")
+                                                  - 2 * fresh.epoch_seconds("a"))
+    assert "for 3 runs of 3 epochs" in resumed.describe() and "1 finished earlier" in resumed.describe()
+    assert "2 epochs of unfinished runs done" in resumed.describe() and "earlier" not in fresh.describe()
+    # an architecture whose runs all finished is not timed and costs nothing
+    finished = project_sweep(["resnet18"], counts, epochs=3, image_size=64, batch_size=4, runs_per_arch=2,
+                             done={"resnet18": (2, 0)})
+    assert finished.total_seconds == 0 and "for 0 runs" in finished.describe()
 
 
 def test_projection_counts_the_host_data_pipeline(tmp_path: Path) -> None:

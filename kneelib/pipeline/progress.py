@@ -37,6 +37,8 @@ class Projection:
     runs_per_arch: int  # schemes x seeds
     jobs: int = 1
     data: tuple[float, float, float] = (0.0, 0.0, 0.0)  # seconds per image: decode, train augmentation, eval input
+    # arch -> (runs finished earlier, epochs trained in its unfinished runs): a resumed sweep projects what is left
+    done: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     def epoch_seconds(self, arch: str) -> float:
         """One epoch of ``arch``: a pass over the train images and one over the selection images."""
@@ -50,18 +52,46 @@ class Projection:
         return (sum(self.counts.values()) * decode + self.epochs * self.epoch_seconds(arch)
                 + self.counts["test"] * (self.eval_seconds[arch] + prepare))
 
+    def left_seconds(self, arch: str) -> float:
+        """What is left of ``arch``'s runs: the unfinished ones, less the epochs they trained already."""
+        finished, epochs = self.done.get(arch, (0, 0))
+        return (self.runs_per_arch - finished) * self.run_seconds(arch) - epochs * self.epoch_seconds(arch)
+
     @property
     def total_seconds(self) -> float:
-        """The whole sweep, ``jobs`` runs at a time (training arithmetic only: no start-up, no notebooks)."""
-        return sum(self.run_seconds(a) for a in self.train_seconds) * self.runs_per_arch / max(1, self.jobs)
+        """What is left of the sweep, ``jobs`` runs at a time (training arithmetic only: no start-up, no
+        notebooks)."""
+        return sum(self.left_seconds(a) for a in self.train_seconds) / max(1, self.jobs)
 
     def describe(self) -> str:
-        """One line: the total and the cost of each architecture's run."""
-        per_run = ", ".join(f"{a} {self.run_seconds(a) / 60:.1f}" for a in self.train_seconds)
+        """One line: the total (of what is left) and the cost of each architecture's run."""
+        per_run = ", ".join(f"{a} {self.run_seconds(a) / 60:.1f}" for a, t in self.train_seconds.items() if t) or "none"
+        runs = len(self.train_seconds) * self.runs_per_arch
+        finished = sum(f for f, _ in self.done.values())
+        started = sum(e for _, e in self.done.values())
+        earlier = ""
+        if finished or started:
+            earlier = (f"; {finished} finished earlier" if finished else "") + \
+                      (f"; {started} epochs of unfinished runs done" if started else "")
         return (f"projected training time: {self.total_seconds / 60:.{0 if self.total_seconds >= 600 else 1}f} min for "
-                f"{len(self.train_seconds) * self.runs_per_arch} runs of {self.epochs} epochs over "
-                f"{self.counts['train']:,} images (minutes per run: {per_run}; from {TIMED_STEPS} timed steps "
-                f"per architecture{' and the data pipeline on a sample' if any(self.data) else ''})")
+                f"{runs - finished} runs of {self.epochs} epochs over {self.counts['train']:,} images ({runs} in the "
+                f"sweep{earlier}; minutes per run: {per_run}; from {TIMED_STEPS} timed steps per architecture"
+                f"{' and the data pipeline on a sample' if any(self.data) else ''})")
+
+
+def trained_so_far(run_dirs: Sequence[Path], epochs: int) -> tuple[int, int]:
+    """``(finished runs, epochs trained in the unfinished ones)`` of ``run_dirs``, from their ``status.json``."""
+    finished = trained = 0
+    for run in run_dirs:
+        try:
+            status = json.loads((run / "status.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if status.get("finished"):
+            finished += 1
+        else:
+            trained += min(int(status.get("epoch") or 0), epochs)
+    return finished, trained
 
 
 def time_data(samples: Sequence[Any], scheme: str, *, image_size: int, clahe: bool = False,
@@ -127,14 +157,20 @@ def time_steps(arch: str, *, image_size: int, batch_size: int, num_classes: int 
 
 def project_sweep(archs: Sequence[str], counts: Mapping[str, int], *, epochs: int, image_size: int,
                   batch_size: int, runs_per_arch: int, jobs: int = 1, device: str = "cpu",
-                  precision: str = "auto", data: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Projection:
+                  precision: str = "auto", data: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                  done: Mapping[str, tuple[int, int]] | None = None) -> Projection:
     """The :class:`Projection` of a sweep over ``archs`` (``counts``: train, val and test images; ``data``:
-    :func:`time_data`'s seconds per image, when the images are on the host)."""
+    :func:`time_data`'s seconds per image, when the images are on the host; ``done``: per arch what
+    :func:`trained_so_far` found). Architectures whose runs all finished earlier are not timed."""
+    done = dict(done or {})
     train, evaluate = {}, {}
     for arch in archs:
+        if done.get(arch, (0, 0))[0] >= runs_per_arch:
+            train[arch], evaluate[arch] = 0.0, 0.0
+            continue
         train[arch], evaluate[arch] = time_steps(arch, image_size=image_size, batch_size=batch_size,
                                                  precision=precision, device=device)
-    return Projection(train, evaluate, dict(counts), epochs, runs_per_arch, jobs, data)
+    return Projection(train, evaluate, dict(counts), epochs, runs_per_arch, jobs, data, done)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from kneelib.pipeline.notebooks import (
     train_parameters,
 )
 from kneelib.pipeline.profiles import Layout, Profile, resolve_jobs
-from kneelib.pipeline.progress import Projection, SweepProgress, project_sweep, time_data
+from kneelib.pipeline.progress import Projection, SweepProgress, project_sweep, time_data, trained_so_far
 from kneelib.pipeline.reference import check_sweep, load_reference
 from kneelib.train.config import run_name
 
@@ -95,7 +95,7 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
     data_dir = _prepare_data(profile, layout, data, log)
     weights = {arch: TRAIN_COST.get(arch, 1.0) for arch in profile.archs}  # relative epoch cost per arch
     if profile.project:
-        projection = _projection(profile, data_dir, device, log)
+        projection = _projection(profile, layout, data_dir, device, log)
         weights = {arch: projection.epoch_seconds(arch) for arch in profile.archs}
     if real_data is None and data is None:  # synthetic data: show it beside the real crops when they are here
         default_real = REPO_ROOT.parent / "shared" / "data" / "kneeKL224"
@@ -170,8 +170,10 @@ def _held_out_data(data: Path, layout: Layout, log: Callable[[str], None]) -> Pa
     return layout.data
 
 
-def _projection(profile: Profile, data_dir: Path, device: str, log: Callable[[str], None]) -> Projection:
-    """Time a few steps per architecture and print the sweep's projected time."""
+def _projection(profile: Profile, layout: Layout, data_dir: Path, device: str,
+                log: Callable[[str], None]) -> Projection:
+    """Time a few steps per architecture and print the projected time of what is left of the sweep (runs that
+    finished earlier, and the epochs a killed run trained, are not counted)."""
     samples = discover(data_dir)
     counts = {name: sum(s.split == name for s in samples) for name in ("train", "val", "test")}
     if profile.limit:
@@ -188,9 +190,11 @@ def _projection(profile: Profile, data_dir: Path, device: str, log: Callable[[st
         host = runtime.resolve_device(device).type != "cuda"
         data = (time_data([s for s in samples if s.split == "train"], profile.schemes[0],
                           image_size=profile.image_size, clahe=profile.clahe) if host else (0.0, 0.0, 0.0))
+        done = {arch: trained_so_far([layout.runs / run_name(arch, scheme, seed) for scheme in profile.schemes
+                                      for seed in profile.seeds], profile.epochs) for arch in profile.archs}
         projection = project_sweep(profile.archs, counts, epochs=profile.epochs, image_size=profile.image_size,
                                    batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
-                                   jobs=profile.jobs, device=device, data=data)
+                                   jobs=profile.jobs, device=device, data=data, done=done)
     finally:
         torch.set_num_threads(threads)
     log(projection.describe())
