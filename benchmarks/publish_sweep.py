@@ -6,9 +6,8 @@ Copies ``OUT/tables/*.{md,csv}``, the figures that show no more than the paper's
 ``fig6_roc``, ``fig7_probabilities``, ``reliability``), and per run ``history.csv`` plus the parts of
 ``config.json`` that say how it ran (recipe fields, image size, epochs, arithmetic, counts, versions) into DEST,
 and ``DEST/sweep.json``: the runs' best epochs and val' accuracies and, with ``--log`` (once per session of a sweep
-that was resumed), the projected and actual minutes as ``kneelib reproduce`` printed them: the notebooks' seconds
-are summed over the logs (a notebook whose runs finished earlier counts once, where it trained: its longest time). Never copies images of
-the data set.
+that was resumed or extended by a seed), the projected and actual minutes as ``kneelib reproduce`` printed them, per
+session and summed over the sessions. Never copies images of the data set.
 """
 
 from __future__ import annotations
@@ -67,12 +66,13 @@ def main() -> int:
 
 
 def _summary_table(out: Path) -> str:
-    """Markdown: per architecture and scale, the reported split's accuracy with its bootstrap 95% CI (the first seed's
-    run, or the seeds' ensemble when there are several), QWK, and the paper's accuracy (Tables 4 and 5)."""
+    """Markdown: per architecture and scale, the reported split's accuracy (one seed: the run with its bootstrap 95%
+    CI; several: the seeds' mean and their logit ensemble with its CI), QWK, and the paper's three-seed mean
+    (Tables 4 and 5)."""
     from kneelib.pipeline.profiles import ALL_ARCHS
     from kneelib.report import paper
 
-    cells = {}
+    cells, seeds = {}, 1
     for arch in ALL_ARCHS:
         for scheme in ("kl5", "kl4"):
             path = out / "eval" / f"{arch}_{scheme}" / "metrics.json"
@@ -80,40 +80,51 @@ def _summary_table(out: Path) -> str:
                 continue
             metrics = json.loads(path.read_text())
             m = metrics["ensemble"] or next(iter(metrics["models"].values()))
+            seeds = max(seeds, len(metrics["models"]))
             low, high = (100 * v for v in m["ci"]["accuracy"])
+            mean = sum(r["accuracy"] for r in metrics["models"].values()) / len(metrics["models"])
             published = {row.arch: row.accuracy for row in paper.RESULT_TABLES[scheme]}
-            cells[arch, scheme] = (f"{100 * m['accuracy']:.1f} ({low:.1f}–{high:.1f})", f"{m['qwk']:.2f}",
-                                   f"{published[arch]:.2f}")
+            cells[arch, scheme] = (f"{100 * mean:.1f}", f"{100 * m['accuracy']:.1f} ({low:.1f}–{high:.1f})",
+                                   f"{m['qwk']:.2f}", f"{published[arch]:.2f}")
     if not cells:
         return ""
-    lines = ["| model | 5-class acc % (95% CI) | QWK | paper | 4-class acc % (95% CI) | QWK | paper |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    if seeds == 1:  # one run per model: its accuracy and CI, no mean to show
+        cells = {key: value[1:] for key, value in cells.items()}
+        head = "| model | 5-class acc % (95% CI) | QWK | paper | 4-class acc % (95% CI) | QWK | paper |"
+    else:
+        head = ("| model | 5-class: seeds' mean % | ensemble % (95% CI) | QWK | paper | 4-class: seeds' mean % | "
+                "ensemble % (95% CI) | QWK | paper |")
+    width = len(next(iter(cells.values())))
+    lines = [head, "| " + " | ".join(["---"] * (1 + 2 * width)) + " |"]
     for arch in ALL_ARCHS:
         row = [paper.display_name(arch)]
         for scheme in ("kl5", "kl4"):
-            row += list(cells.get((arch, scheme), ("–", "–", "–")))
+            row += list(cells.get((arch, scheme), ("–",) * width))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
-
 def _timings(logs: list[str]) -> dict:
-    """Projected minutes and the seconds each notebook took, from one or more sessions' logs."""
-    seconds: dict[str, float] = {}
-    projected, finished, lines = [], [], []
+    """Projected minutes and the seconds each notebook took, per session (one log each) and summed over them: a
+    sweep resumed or extended by a seed spends time in every session (a notebook whose runs all finished earlier
+    only re-evaluates them, in seconds)."""
+    sessions, total = [], {}
     for text in logs:
         found = re.search(r"projected training time: ([\d.]+) min", text)
-        projected.append(float(found.group(1)) if found else None)
+        projected = float(found.group(1)) if found else None
         found = re.search(r"reproduce \(\w+\) finished in ([\d.]+) min", text)
-        finished.append(float(found.group(1)) if found else None)
-        for name, value in re.findall(r"^\[\d+/\d+\] (\S+): done in ([\d.]+) s", text, flags=re.M):
-            seconds[name] = max(seconds.get(name, 0.0), float(value))  # a resumed finished run: seconds
-        lines.append([line for line in text.splitlines()
-                      if line.startswith(("[", "projected", "reproduce", "../", "/"))][:80])
-    train = sum(v for k, v in seconds.items() if k.startswith("03_train"))
-    return {"projected_training_minutes": projected, "session_minutes": finished,
-            "notebook_seconds": seconds, "training_notebook_minutes": round(train / 60, 1),
-            "all_notebook_minutes": round(sum(seconds.values()) / 60, 1), "log_lines": lines}
-
+        finished = float(found.group(1)) if found else None
+        seconds = {name: float(value)
+                   for name, value in re.findall(r"^\[\d+/\d+\] (\S+): done in ([\d.]+) s", text, flags=re.M)}
+        for name, value in seconds.items():
+            total[name] = round(total.get(name, 0.0) + value, 1)
+        train = sum(v for k, v in seconds.items() if k.startswith("03_train"))
+        sessions.append({"projected_training_minutes": projected, "session_minutes": finished,
+                         "training_notebook_minutes": round(train / 60, 1), "notebook_seconds": seconds,
+                         "log_lines": [line for line in text.splitlines()
+                                       if line.startswith(("[", "projected", "reproduce", "../", "/"))][:80]})
+    train = sum(v for k, v in total.items() if k.startswith("03_train"))
+    return {"sessions": sessions, "notebook_seconds": total, "training_notebook_minutes": round(train / 60, 1),
+            "all_notebook_minutes": round(sum(total.values()) / 60, 1)}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Why the DenseNets miss issue #19's 2-epoch check: a probe of one change at a time, selected on val'.
+
+The check (``benchmarks/arch_check.py``) trains 2 epochs on 2,900 crops (about 160 steps of 32). Here the same
+budget runs on train' (the official train split re-split 7:1 by patient, ``--limit`` stratified) with the
+checkpoint chosen on val'; the official val split is held out. Each probe trains ``--arch`` with the ``scratch``
+recipe plus CHANGES (JSON: TrainConfig fields), then scores the last weights on val' and on the official val
+split twice: as trained (BatchNorm running statistics) and after recomputing every BatchNorm's statistics on 640
+train' crops without augmentation ("precise BN"), to tell slow learning from stale statistics. It also records
+which classes the model predicts on val'. One JSON line per run is appended to ``--jsonl``.
+
+    python benchmarks/densenet_probe.py base --seeds 21 42 --out /tmp/dnp --jsonl benchmarks/results/densenet_probe_cpu.jsonl
+    python benchmarks/densenet_probe.py lr2e-3 '{"lr": 0.002}' --seeds 21 42 --out /tmp/dnp --jsonl ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from kneelib.data.layout import discover, select_split  # noqa: E402
+from kneelib.data.schemes import get_scheme  # noqa: E402
+from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
+from kneelib.evaluate.runs import input_batch  # noqa: E402
+from kneelib.models.registry import build_model  # noqa: E402
+from kneelib.train import TrainConfig, train  # noqa: E402
+from kneelib.train.checkpoint import LAST  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "kneeKL224"
+RECALIBRATION_CROPS = 640
+
+
+def crops(samples: list, scheme_name: str, image_size: int, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs and labels of ``samples`` (every k-th one when ``n`` is given), without augmentation."""
+    if n:
+        samples = samples[:: max(1, len(samples) // n)][:n]
+    scheme = get_scheme(scheme_name)
+    x = input_batch([s.path for s in samples], image_size=image_size, clahe=False)
+    return x, torch.tensor([scheme.encode(s.grade) for s in samples])
+
+
+def scored(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int) -> tuple[float, list[int]]:
+    """Accuracy and the count of each predicted class."""
+    with torch.no_grad():
+        predicted = torch.cat([model(x[i:i + 128]).argmax(1) for i in range(0, len(x), 128)])
+    return float((predicted == y).float().mean()), np.bincount(predicted.numpy(), minlength=classes).tolist()
+
+
+def recalibrate(model: nn.Module, x: torch.Tensor) -> None:
+    """Recompute every BatchNorm's running statistics as the plain mean over ``x`` (batches of 32)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), 32):
+            model(x[i:i + 32])
+    model.eval()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name")
+    parser.add_argument("changes", nargs="?", default="{}", help="JSON: TrainConfig fields over the recipe's")
+    parser.add_argument("--arch", default="densenet121")
+    parser.add_argument("--scheme", default="kl5")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[21])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=2900)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--jsonl", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    manifest = args.out / "manifest.csv"
+    if not manifest.is_file():
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_manifest(held_out_split(discover(DATA), source=DATA), manifest, protocol="held-out")
+    inner = discover(manifest)
+    classes = get_scheme(args.scheme).num_classes
+    val_x, val_y = crops(select_split(inner, "val"), args.scheme, args.image_size)
+    test_x, test_y = crops(select_split(inner, "test"), args.scheme, args.image_size)
+    train_x, _ = crops(select_split(inner, "train"), args.scheme, args.image_size, RECALIBRATION_CROPS)
+    changes = json.loads(args.changes)
+    for seed in args.seeds:
+        config = TrainConfig.from_recipe("scratch", arch=args.arch, scheme=args.scheme, seed=seed, epochs=args.epochs,
+                                         image_size=args.image_size, limit=args.limit, threads=args.threads,
+                                         device="cpu", **changes)
+        tic = time.time()
+        run = train(config, data_dir=manifest, out_dir=args.out / f"{args.name}_{args.arch}_s{seed}", resume=True,
+                    progress=False, verbose=False)
+        minutes = (time.time() - tic) / 60
+        history = list(csv.DictReader((run / "history.csv").open()))
+        model = build_model(args.arch, num_classes=classes)
+        state = torch.load(run / LAST, weights_only=False)
+        model.load_state_dict(state["model"] if "model" in state else state)
+        model.eval()
+        val, val_predicted = scored(model, val_x, val_y, classes)
+        test, _ = scored(model, test_x, test_y, classes)
+        recalibrate(model, train_x)
+        precise_val, precise_predicted = scored(model, val_x, val_y, classes)
+        precise_test, _ = scored(model, test_x, test_y, classes)
+        row = {"name": args.name, "arch": args.arch, "scheme": args.scheme, "seed": seed, "changes": changes,
+               "lr": config.lr, "minutes": round(minutes, 1),
+               "conditions": f"scratch recipe + changes, {args.epochs} epochs, {args.image_size} px, --limit "
+                             f"{args.limit} of train', {args.threads} threads, cpu ({os.cpu_count()} cores)",
+               "val_prime_by_epoch": [round(float(h["val_acc"]), 4) for h in history],
+               "train_loss_by_epoch": [round(float(h["train_loss"]), 4) for h in history],
+               "last_val_prime": round(val, 4), "last_val_prime_predicted": val_predicted,
+               "last_official_val": round(test, 4),
+               "precise_bn_val_prime": round(precise_val, 4), "precise_bn_val_prime_predicted": precise_predicted,
+               "precise_bn_official_val": round(precise_test, 4)}
+        print(json.dumps(row), flush=True)
+        if args.jsonl:
+            with args.jsonl.open("a") as out:
+                out.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
