@@ -19,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("fig5_confusion.png", "fig6_roc.png", "fig7_probabilities.png", "reliability.png")
 CONFIG_KEYS = ("arch", "scheme", "seed", "epochs", "image_size", "batch_size", "recipe", "optimizer", "lr",
                "weight_decay", "schedule", "warmup_epochs", "weights", "precision", "execution", "counts", "threads",
@@ -109,6 +110,7 @@ def _timings(logs: list[str]) -> dict:
     only re-evaluates them, in seconds)."""
     sessions, total = [], {}
     for text in logs:
+        text = text.replace(f"{REPO}/", "")  # the sweep's folders relative to the repository, not this machine's
         found = re.search(r"projected training time: ([\d.]+) min", text)
         projected = float(found.group(1)) if found else None
         found = re.search(r"reproduce \(\w+\) finished in ([\d.]+) min", text)
