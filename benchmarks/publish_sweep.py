@@ -104,6 +104,7 @@ def _summary_table(out: Path) -> str:
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
+
 def _timings(logs: list[str]) -> dict:
     """Projected minutes and the seconds each notebook took, per session (one log each) and summed over them: a
     sweep resumed or extended by a seed spends time in every session (a notebook whose runs all finished earlier
@@ -127,6 +128,7 @@ def _timings(logs: list[str]) -> dict:
     train = sum(v for k, v in total.items() if k.startswith("03_train"))
     return {"sessions": sessions, "notebook_seconds": total, "training_notebook_minutes": round(train / 60, 1),
             "all_notebook_minutes": round(sum(total.values()) / 60, 1)}
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

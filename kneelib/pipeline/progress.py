@@ -69,23 +69,29 @@ class Projection:
         runs = len(self.train_seconds) * self.runs_per_arch
         finished = sum(f for f, _ in self.done.values())
         started = sum(e for _, e in self.done.values())
-        earlier = ""
-        if finished or started:
-            earlier = (f"; {finished} finished earlier" if finished else "") + \
-                      (f"; {started} epochs of unfinished runs done" if started else "")
+        earlier = (f"; {finished} finished earlier" if finished else "") + \
+            (f"; {started} epochs of unfinished runs done" if started else "")
         return (f"projected training time: {self.total_seconds / 60:.{0 if self.total_seconds >= 600 else 1}f} min for "
                 f"{runs - finished} runs of {self.epochs} epochs over {self.counts['train']:,} images ({runs} in the "
                 f"sweep{earlier}; minutes per run: {per_run}; from {TIMED_STEPS} timed steps per architecture"
                 f"{' and the data pipeline on a sample' if any(self.data) else ''})")
 
 
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """A run's ``status.json`` (epoch, finished, best so far), or None where there is none or it is unreadable."""
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
 def trained_so_far(run_dirs: Sequence[Path], epochs: int) -> tuple[int, int]:
     """``(finished runs, epochs trained in the unfinished ones)`` of ``run_dirs``, from their ``status.json``."""
     finished = trained = 0
     for run in run_dirs:
-        try:
-            status = json.loads((run / "status.json").read_text())
-        except (OSError, ValueError):
+        status = read_status(run)
+        if status is None:
             continue
         if status.get("finished"):
             finished += 1
@@ -205,9 +211,8 @@ class SweepProgress:
         """(weighted epochs done, epochs done, runs finished) from the status files."""
         work, epochs, finished = 0.0, 0, 0
         for run, weight in self.runs.items():
-            try:
-                status = json.loads((run / "status.json").read_text())
-            except (OSError, ValueError):
+            status = read_status(run)
+            if status is None:
                 continue
             done = min(int(status.get("epoch") or 0), self.epochs)
             work, epochs, finished = work + done * weight, epochs + done, finished + bool(status.get("finished"))

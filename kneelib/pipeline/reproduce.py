@@ -36,7 +36,14 @@ from kneelib.pipeline.notebooks import (
     train_parameters,
 )
 from kneelib.pipeline.profiles import Layout, Profile, resolve_jobs
-from kneelib.pipeline.progress import Projection, SweepProgress, project_sweep, time_data, trained_so_far
+from kneelib.pipeline.progress import (
+    Projection,
+    SweepProgress,
+    project_sweep,
+    read_status,
+    time_data,
+    trained_so_far,
+)
 from kneelib.pipeline.reference import check_sweep, load_reference
 from kneelib.train.config import run_name
 
@@ -51,13 +58,7 @@ TRAIN_COST = {
 
 def run_finished(run_dir: Path) -> bool:
     """True when ``run_dir`` holds a training run that completed all its epochs."""
-    status = run_dir / "status.json"
-    if not status.is_file():
-        return False
-    try:
-        return bool(json.loads(status.read_text()).get("finished"))
-    except (OSError, ValueError):
-        return False
+    return bool((read_status(run_dir) or {}).get("finished"))
 
 
 def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Path | None = None,
