@@ -342,9 +342,24 @@ def test_scratch_recipe_resumes_exactly(data: Path, cache: DecodeCache, tmp_path
     assert saved["recipe"] == "scratch" and saved["balanced"] is True
 
 
+def test_prior_bias_starts_the_head_at_the_training_prior(data: Path, cache: DecodeCache, tmp_path: Path) -> None:
+    from kneelib.train.recipes import init_head_to_prior
+
+    head = torch.nn.Linear(8, 5)
+    init_head_to_prior(head, torch.tensor([0, 0, 0, 1, 2, 2]))
+    assert torch.allclose(head.bias.softmax(0), torch.tensor([3, 1, 2, 0.5, 0.5]) / 7)
+    config = TrainConfig(**{**TINY, "epochs": 1, "prior_bias": True})
+    out = train(config, data_dir=data, out_dir=tmp_path / "p", progress=False, verbose=False, cache=cache)
+    assert json.loads((out / "config.json").read_text())["prior_bias"] is True
+    plain = train(TrainConfig(**{**TINY, "epochs": 1}), data_dir=data, out_dir=tmp_path / "q", progress=False,
+                  verbose=False, cache=cache)
+    assert history_rows(out)[0]["train_loss"] != history_rows(plain)[0]["train_loss"]
+
+
 def test_runs_from_before_the_recipe_fields_still_resume() -> None:
     old = TrainConfig(**TINY).to_dict()
-    for key in ("recipe", "optimizer", "schedule", "warmup_epochs", "label_smoothing", "ema_decay", "balanced"):
+    for key in ("recipe", "optimizer", "schedule", "warmup_epochs", "label_smoothing", "ema_decay", "balanced",
+                "prior_bias"):
         old.pop(key)
     assert config_mismatch(old, TrainConfig(**TINY).to_dict()) == []
     assert config_mismatch(old, TrainConfig.from_recipe("scratch", **SCRATCH_TINY).to_dict())

@@ -54,6 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     balanced: bool = False  # draw training images class-balanced (with replacement)
+    prior_bias: bool = False  # start the head's bias at the log of the training classes' frequencies
     weights: str | None = None
     clahe: bool = False
     limit: int | None = None

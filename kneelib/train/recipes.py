@@ -126,6 +126,16 @@ def lr_to_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None
                 group[key] = group[key].to(device)
 
 
+def init_head_to_prior(head: nn.Linear, targets: torch.Tensor) -> None:
+    """Set ``head``'s bias to the log of each class's frequency in ``targets`` (a class never seen counts as
+    half an image), so the untrained model already predicts the class prior instead of learning it first."""
+    import torch
+
+    counts = torch.bincount(targets, minlength=head.out_features).double().clamp(min=0.5)
+    with torch.no_grad():
+        head.bias.copy_(torch.log(counts / counts.sum()).to(head.bias))
+
+
 def class_balanced_weights(targets: torch.Tensor) -> torch.Tensor:
     """Per-sample weights inversely proportional to the class frequency (each class drawn equally often)."""
     import torch
