@@ -11,6 +11,7 @@ estimated from the work done so far (epochs weighted by their projected cost).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -21,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-#: Timed steps per architecture (after one untimed warm-up step).
-TIMED_STEPS = 6
+#: Timed steps per architecture and round (after one untimed warm-up step), and rounds over the architectures:
+#: each architecture keeps its faster round, so a minute in which the shared machine is slow does not inflate
+#: the architectures timed in it (one round of 6 steps once projected the plain ResNets 3-4x too slow).
+TIMED_STEPS = 3
+TIMED_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class Projection:
             (f"; {started} epochs of unfinished runs done" if started else "")
         return (f"projected training time: {self.total_seconds / 60:.{0 if self.total_seconds >= 600 else 1}f} min for "
                 f"{runs - finished} runs of {self.epochs} epochs over {self.counts['train']:,} images ({runs} in the "
-                f"sweep{earlier}; minutes per run: {per_run}; from {TIMED_STEPS} timed steps per architecture"
+                f"sweep{earlier}; minutes per run: {per_run}; from {TIMED_ROUNDS} rounds of "
+                f"{TIMED_STEPS} timed steps per architecture"
                 f"{' and the data pipeline on a sample' if any(self.data) else ''})")
 
 
@@ -167,15 +172,18 @@ def project_sweep(archs: Sequence[str], counts: Mapping[str, int], *, epochs: in
                   done: Mapping[str, tuple[int, int]] | None = None) -> Projection:
     """The :class:`Projection` of a sweep over ``archs`` (``counts``: train, val and test images; ``data``:
     :func:`time_data`'s seconds per image, when the images are on the host; ``done``: per arch what
-    :func:`trained_so_far` found). Architectures whose runs all finished earlier are not timed."""
+    :func:`trained_so_far` found). The architectures are timed in :data:`TIMED_ROUNDS` round-robin rounds and
+    each keeps its faster one; architectures whose runs all finished earlier are not timed."""
     done = dict(done or {})
-    train, evaluate = {}, {}
-    for arch in archs:
-        if done.get(arch, (0, 0))[0] >= runs_per_arch:
-            train[arch], evaluate[arch] = 0.0, 0.0
-            continue
-        train[arch], evaluate[arch] = time_steps(arch, image_size=image_size, batch_size=batch_size,
-                                                 precision=precision, device=device)
+    train = {arch: math.inf for arch in archs if done.get(arch, (0, 0))[0] < runs_per_arch}
+    evaluate = dict(train)
+    for _ in range(TIMED_ROUNDS):  # round-robin, so the rounds of one architecture lie minutes apart
+        for arch in train:
+            step, forward = time_steps(arch, image_size=image_size, batch_size=batch_size, precision=precision,
+                                       device=device)
+            train[arch], evaluate[arch] = min(train[arch], step), min(evaluate[arch], forward)
+    train = {arch: train.get(arch, 0.0) for arch in archs}
+    evaluate = {arch: evaluate.get(arch, 0.0) for arch in archs}
     return Projection(train, evaluate, dict(counts), epochs, runs_per_arch, jobs, data, done)
 
 
