@@ -56,10 +56,18 @@ def test_cpu_profile_bad_data_is_one_error_line(tmp_path: Path, capsys: pytest.C
     assert main(["reproduce", "--profile", "cpu", "--data", str(data), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"kneelib: error: {data}: too few images per grade")
-    assert not (out / "runs").exists()  # stopped before training
+    assert not out.exists()  # stopped before anything was written
     (data / "val").rename(tmp_path / "elsewhere")
     assert main(["reproduce", "--profile", "cpu", "--data", str(data), "--out", str(out)]) == 2
-    assert "no val split" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [f"kneelib: error: {data}: no val split (has train); held-out "
+                                                 "selection needs DIR/train/{0..4} and DIR/val/{0..4}"]
+    assert captured.out == "" and not out.exists()  # nothing said about the data before the error
+    (out / "kept").mkdir(parents=True)  # an existing output folder is never removed
+    empty = tmp_path / "empty"
+    (empty / "train" / "0").mkdir(parents=True)
+    assert main(["reproduce", "--profile", "cpu", "--data", str(empty), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.count("kneelib: error:") == 1 and (out / "kept").is_dir()
 
 
 def test_recipe_family_fields_apply_per_architecture() -> None:

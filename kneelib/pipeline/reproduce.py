@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kneelib import cpu_pin
-from kneelib.data.layout import MANIFEST_NAME, discover
+from kneelib.data.layout import MANIFEST_NAME, Sample, discover
 from kneelib.data.split import held_out_split, write_manifest
 from kneelib.errors import KneelibError
 from kneelib.pipeline.executors import LocalExecutor, RayExecutor, make_executor
@@ -82,11 +82,17 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
         profile = dataclasses.replace(profile, jobs=resolve_jobs(profile, device))
         log(f"{profile.jobs} training notebook(s) at once")
     chosen = make_executor(executor, profile, layout.out, ray_address=ray_address)  # bad names: nothing made
+    created = not layout.out.exists()
     layout.out.mkdir(parents=True, exist_ok=True)
-    with chosen as runner:
-        if executor == "ray":
-            log(runner.describe())
-        return _sweep(profile, layout, runner, data=data, device=device, real_data=real_data, log=log)
+    try:
+        with chosen as runner:
+            if executor == "ray":
+                log(runner.describe())
+            return _sweep(profile, layout, runner, data=data, device=device, real_data=real_data, log=log)
+    except KneelibError:
+        if created and not any(layout.out.iterdir()):  # stopped before writing anything: leave no trace
+            layout.out.rmdir()
+        raise
 
 
 def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor, *, data: str | Path | None,
@@ -156,14 +162,12 @@ def _say_verdict(data: Path, log: Callable[[str], None]) -> None:
         log(f"warning: cannot compare {data} with the paper's data set ({exc})")
 
 
-def _held_out_data(data: Path, layout: Layout, log: Callable[[str], None]) -> Path:
-    """The sweep's data for ``selection="held-out"``: ``data`` itself when it has a test split, else
-    ``OUT/data/manifest.csv`` with train', val' and the official val split as the held-out ``test``."""
-    samples = discover(data)
-    if "test" in {s.split for s in samples}:
+def _held_out_data(data: Path, chosen: list[Sample] | None, layout: Layout, log: Callable[[str], None]) -> Path:
+    """The sweep's data for ``selection="held-out"``: ``data`` itself when it has a test split (``chosen`` is
+    None), else ``OUT/data/manifest.csv`` with ``chosen``: train', val' and the official val split as ``test``."""
+    if chosen is None:
         log(f"{data}: has a test split; training on train, selecting on val, reporting on test")
         return data
-    chosen = held_out_split(samples, source=data)
     n = {name: sum(s.split == name for s in chosen) for name in ("train", "val", "test")}
     log(f"{data}: no test split; training on train' ({n['train']:,}), selecting on val' ({n['val']:,}, a "
         f"patient-grouped eighth of train), reporting on the official val split ({n['test']:,}, held out)")
@@ -209,10 +213,12 @@ def _prepare_data(profile: Profile, layout: Layout, data: str | Path | None,
         data = Path(data)
         if not data.is_dir():
             raise KneelibError(f"{data}: data directory not found")
+        samples = discover(data)  # a folder kneelib cannot use stops here, before anything is printed or written
+        held_out = profile.selection == "held-out"
+        chosen = (held_out_split(samples, source=data)
+                  if held_out and "test" not in {s.split for s in samples} else None)
         _say_verdict(data, log)
-        if profile.selection == "held-out":
-            return _held_out_data(data, layout, log)
-        return data
+        return _held_out_data(data, chosen, layout, log) if held_out else data
     if profile.synth_per_grade <= 0:
         raise KneelibError(f"profile {profile.name!r} needs real data: pass --data DIR")
     wanted = {"per_grade": profile.synth_per_grade, "size": profile.synth_size, "signs": profile.synth_signs,
