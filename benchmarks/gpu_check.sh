@@ -2,12 +2,13 @@
 # The prepared GPU check (issues #12 and #11): one call of the device tool, at most 10 minutes.
 #
 # Here, once (the data and the two wheels kneelib needs that the GPU machine lacks, kept out of git):
-#   python3 ../shared/tools/device-data.py pack .devdata/kl224.zip          # train+val as WebP q70, ~49 MB
+#   .venv/bin/python ../shared/tools/device-data.py pack .devdata/kl224.zip  # train+val as WebP q70, 44 MiB, 2 min (needs Pillow)
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl kornia==0.9.0 kornia_rs==0.2.0
 #   (both folders are listed in .git/info/exclude)
 # Then one device call: command "bash benchmarks/gpu_check.sh", carry [".devdata", ".whl"], timeout_s 600.
-# Tested on a CPU with tiny settings: KNEELIB_CHECK_DEVICE=cpu KNEELIB_CHECK_TINY=1 bash benchmarks/gpu_check.sh
+# Tested on a CPU with tiny settings (55 s, 2026-12-02):
+#   KNEELIB_CHECK_DEVICE=cpu KNEELIB_CHECK_TINY=1 KNEELIB_CHECK_PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh
 #
 # What it measures (files under $OUT):
 #   gpu-bench.json  benchmarks/bench.py --device cuda: the training loop per architecture at batch 32, eager
