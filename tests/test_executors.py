@@ -83,8 +83,8 @@ def test_missing_gpus_and_unshared_out_are_one_line(tmp_path: Path, capsys: pyte
     assert main(["reproduce", "--executor", "ray", "--out", str(tmp_path / "b")]) == 2
     line = one_error_line(capsys)
     assert f"--out {tmp_path / 'b'} is not shared storage" in line and socket.gethostname() in line
-    assert not list((tmp_path / "b").iterdir())  # no data, no notebook, and the marker is removed
-    assert not (tmp_path / "a" / "data").exists()
+    assert not (tmp_path / "b").exists()  # no data, no notebook, no marker, nor the folder this call made
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_training_task_leaves_the_working_directory_where_it_was(tmp_path: Path,
