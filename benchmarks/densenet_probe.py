@@ -8,8 +8,15 @@ split twice: as trained (BatchNorm running statistics) and after recomputing eve
 train' crops without augmentation ("precise BN"), to tell slow learning from stale statistics. It also records
 which classes the model predicts on val'. One JSON line per run is appended to ``--jsonl``.
 
+``--patch`` (JSON) tries what TrainConfig has no field for, by replacing the recipe's optimizer or schedule in
+this process only: ``head_lr_mult`` (the head's learning rate times this), ``betas`` (Adam's), ``constant_lr``
+(the warm-up, then the peak rate to the end instead of the cosine). ``--trace FILE`` appends one JSON line per
+training step: loss, the batch's predicted classes, the mean logit per class and the logits' spread over the
+batch (their standard deviation per class, averaged: how much the prediction depends on the image).
+
     python benchmarks/densenet_probe.py base --seeds 21 42 --out /tmp/dnp --jsonl benchmarks/results/densenet_probe_cpu.jsonl
     python benchmarks/densenet_probe.py lr2e-3 '{"lr": 0.002}' --seeds 21 42 --out /tmp/dnp --jsonl ...
+    python benchmarks/densenet_probe.py head10 --patch '{"head_lr_mult": 10}' --seeds 21 42 --out /tmp/dnp --jsonl ...
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ from kneelib.data.layout import discover, select_split  # noqa: E402
 from kneelib.data.schemes import get_scheme  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 from kneelib.evaluate.runs import input_batch  # noqa: E402
-from kneelib.models.registry import build_model  # noqa: E402
-from kneelib.train import TrainConfig, train  # noqa: E402
+from kneelib.models.registry import build_model, get_spec  # noqa: E402
+from kneelib.train import TrainConfig, recipes, steps, train  # noqa: E402
 from kneelib.train.checkpoint import LAST  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "kneeKL224"
@@ -70,6 +77,53 @@ def recalibrate(model: nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
+def apply_patch(patch: dict) -> None:
+    """Replace the recipe's optimizer / schedule in this process as ``patch`` asks (see the module's docstring)."""
+    unknown = set(patch) - {"head_lr_mult", "betas", "constant_lr"}
+    if unknown:
+        raise SystemExit(f"densenet_probe.py: unknown --patch keys {sorted(unknown)}")
+
+    def make_optimizer(model: nn.Module, config: TrainConfig, *, fused: bool,
+                       capturable: bool = False) -> torch.optim.Optimizer:
+        kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        head = {id(p) for p in getattr(model, get_spec(config.arch).head).parameters()}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": config.lr},
+                  {"params": [p for p in model.parameters() if id(p) in head],
+                   "lr": config.lr * patch.get("head_lr_mult", 1.0)}]
+        betas = tuple(patch.get("betas", (0.9, 0.999)))
+        return kind(groups, lr=config.lr, weight_decay=config.weight_decay, betas=betas, fused=fused)
+
+    def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+        warmup = min(config.epochs * steps_per_epoch // 2, config.warmup_epochs * steps_per_epoch)
+        factor = (lambda step: (step + 1) / warmup if step < warmup else 1.0)  # noqa: E731
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+
+    if "head_lr_mult" in patch or "betas" in patch:
+        recipes.make_optimizer = make_optimizer
+    if patch.get("constant_lr"):
+        recipes.make_scheduler = make_scheduler
+
+
+def trace_steps(path: Path) -> None:
+    """Append one JSON line per training step to ``path`` (see the module's docstring)."""
+    call = steps.EagerStep.__call__
+
+    def traced(self: steps.EagerStep, images: torch.Tensor, targets: torch.Tensor, *,
+               capture: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, logits = call(self, images, targets, capture=capture)
+        if self.optimizer is not None:
+            logits = logits.float()
+            row = {"loss": round(float(loss), 4),
+                   "predicted": torch.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist(),
+                   "mean_logit": [round(v, 3) for v in logits.mean(0).tolist()],
+                   "spread": round(float(logits.std(0).mean()), 4)}
+            with path.open("a") as out:
+                out.write(json.dumps(row) + "\n")
+        return loss, logits
+
+    steps.EagerStep.__call__ = traced
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name")
@@ -83,7 +137,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--jsonl", type=Path)
+    parser.add_argument("--patch", default="{}", help="JSON: optimizer / schedule changes (module docstring)")
+    parser.add_argument("--trace", type=Path, help="append one JSON line per training step here")
     args = parser.parse_args()
+    patch = json.loads(args.patch)
+    apply_patch(patch)
+    if args.trace:
+        trace_steps(args.trace)
     torch.set_num_threads(args.threads)
     manifest = args.out / "manifest.csv"
     if not manifest.is_file():
@@ -114,7 +174,7 @@ def main() -> int:
         precise_val, precise_predicted = scored(model, val_x, val_y, classes)
         precise_test, _ = scored(model, test_x, test_y, classes)
         row = {"name": args.name, "arch": args.arch, "scheme": args.scheme, "seed": seed, "changes": changes,
-               "lr": config.lr, "minutes": round(minutes, 1),
+               **({"patch": patch} if patch else {}), "lr": config.lr, "minutes": round(minutes, 1),
                "conditions": f"scratch recipe + changes, {args.epochs} epochs, {args.image_size} px, --limit "
                              f"{args.limit} of train', {args.threads} threads, cpu ({os.cpu_count()} cores)",
                "val_prime_by_epoch": [round(float(h["val_acc"]), 4) for h in history],
