@@ -93,7 +93,8 @@ def apply_patch(patch: dict) -> None:
         betas = tuple(patch.get("betas", (0.9, 0.999)))
         return kind(groups, lr=config.lr, weight_decay=config.weight_decay, betas=betas, fused=fused)
 
-    def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+                       steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
         warmup = min(config.epochs * steps_per_epoch // 2, config.warmup_epochs * steps_per_epoch)
         factor = (lambda step: (step + 1) / warmup if step < warmup else 1.0)  # noqa: E731
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
@@ -112,11 +113,11 @@ def trace_steps(path: Path) -> None:
                capture: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         loss, logits = call(self, images, targets, capture=capture)
         if self.optimizer is not None:
-            logits = logits.float()
+            z = logits.float()
             row = {"loss": round(float(loss), 4),
-                   "predicted": torch.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist(),
-                   "mean_logit": [round(v, 3) for v in logits.mean(0).tolist()],
-                   "spread": round(float(logits.std(0).mean()), 4)}
+                   "predicted": torch.bincount(z.argmax(1), minlength=z.shape[1]).tolist(),
+                   "mean_logit": [round(v, 3) for v in z.mean(0).tolist()],
+                   "spread": round(float(z.std(0).mean()), 4)}
             with path.open("a") as out:
                 out.write(json.dumps(row) + "\n")
         return loss, logits

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from kneelib.models.registry import build_model
-from kneelib.train import TrainConfig, recipes
+from kneelib.train import TrainConfig, recipes, steps
 
 PROBE = Path(__file__).resolve().parents[1] / "benchmarks" / "densenet_probe.py"
 
@@ -19,6 +20,7 @@ def probe(monkeypatch: pytest.MonkeyPatch):
     """The probe module, with the recipe functions it replaces restored after the test."""
     monkeypatch.setattr(recipes, "make_optimizer", recipes.make_optimizer)
     monkeypatch.setattr(recipes, "make_scheduler", recipes.make_scheduler)
+    monkeypatch.setattr(steps.EagerStep, "__call__", steps.EagerStep.__call__)
     spec = importlib.util.spec_from_file_location("kneelib_densenet_probe", PROBE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -47,3 +49,17 @@ def test_patch_scales_the_head_and_keeps_the_peak(probe) -> None:
 def test_unknown_patch_key_stops(probe) -> None:
     with pytest.raises(SystemExit, match="unknown --patch keys"):
         probe.apply_patch({"head_lr": 10})
+
+
+def test_trace_writes_a_line_per_training_step(probe, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    probe.trace_steps(trace)
+    model = build_model("resnet18", num_classes=5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    images, targets = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0])
+    for _ in range(2):
+        steps.EagerStep(model, optimizer, torch.device("cpu"), precision="fp32")(images, targets)
+    steps.EagerStep(model, None, torch.device("cpu"), precision="fp32")(images, targets)  # evaluation: no line
+    rows = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(rows) == 2 and all(sum(r["predicted"]) == 4 and len(r["mean_logit"]) == 5 for r in rows)
+    assert all(r["spread"] > 0 and r["loss"] > 0 for r in rows)
