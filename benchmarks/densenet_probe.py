@@ -10,7 +10,9 @@ which classes the model predicts on val'. One JSON line per run is appended to `
 
 ``--patch`` (JSON) tries what TrainConfig has no field for, by replacing the recipe's optimizer or schedule in
 this process only: ``head_lr_mult`` (the head's learning rate times this), ``betas`` (Adam's), ``constant_lr``
-(the warm-up, then the peak rate to the end instead of the cosine). ``--trace FILE`` appends one JSON line per
+(the warm-up, then the peak rate to the end instead of the cosine), ``trust_lr`` (LAMB: every weight matrix or
+kernel steps by this fraction of its own norm at the peak, ``||w|| / ||u||`` times Adam's direction ``u``, while
+biases and BatchNorm parameters keep the recipe's AdamW rate). ``--trace FILE`` appends one JSON line per
 training step: loss, the batch's predicted classes, the mean logit per class and the logits' spread over the
 batch (their standard deviation per class, averaged: how much the prediction depends on the image).
 
@@ -77,14 +79,51 @@ def recalibrate(model: nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
+class Lamb(torch.optim.Optimizer):
+    """Adam's direction with decoupled weight decay; a group with ``trust`` scales each tensor's step by its norm's
+    ratio to the direction's (You et al. 2020), so every layer moves by the same fraction of its weights."""
+
+    def __init__(self, groups: list[dict], *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(groups, {"lr": 1e-3, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "trust": False})
+
+    @torch.no_grad()
+    def step(self, closure: None = None) -> None:
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                state["step"] += 1
+                t = state["step"]
+                state["m"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                state["v"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                u = (state["m"] / (1 - beta1 ** t)) / ((state["v"] / (1 - beta2 ** t)).sqrt() + group["eps"])
+                u.add_(p, alpha=group["weight_decay"])
+                ratio = 1.0
+                if group["trust"]:
+                    w_norm, u_norm = float(p.norm()), float(u.norm())
+                    ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+                p.add_(u, alpha=-group["lr"] * ratio)
+
+
 def apply_patch(patch: dict) -> None:
     """Replace the recipe's optimizer / schedule in this process as ``patch`` asks (see the module's docstring)."""
-    unknown = set(patch) - {"head_lr_mult", "betas", "constant_lr"}
+    unknown = set(patch) - {"head_lr_mult", "betas", "constant_lr", "trust_lr"}
     if unknown:
         raise SystemExit(f"densenet_probe.py: unknown --patch keys {sorted(unknown)}")
 
     def make_optimizer(model: nn.Module, config: TrainConfig, *, fused: bool,
                        capturable: bool = False) -> torch.optim.Optimizer:
+        if "trust_lr" in patch:
+            matrices = [p for p in model.parameters() if p.ndim > 1]
+            return Lamb([{"params": matrices, "lr": patch["trust_lr"], "trust": True},
+                         {"params": [p for p in model.parameters() if p.ndim <= 1], "lr": config.lr}],
+                        betas=tuple(patch.get("betas", (0.9, 0.999))), weight_decay=config.weight_decay)
         kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         head = {id(p) for p in getattr(model, get_spec(config.arch).head).parameters()}
         groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": config.lr},
@@ -99,7 +138,7 @@ def apply_patch(patch: dict) -> None:
         factor = (lambda step: (step + 1) / warmup if step < warmup else 1.0)  # noqa: E731
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
-    if "head_lr_mult" in patch or "betas" in patch:
+    if patch.keys() & {"head_lr_mult", "betas", "trust_lr"}:
         recipes.make_optimizer = make_optimizer
     if patch.get("constant_lr"):
         recipes.make_scheduler = make_scheduler

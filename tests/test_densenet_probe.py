@@ -63,3 +63,15 @@ def test_trace_writes_a_line_per_training_step(probe, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in trace.read_text().splitlines()]
     assert len(rows) == 2 and all(sum(r["predicted"]) == 4 and len(r["mean_logit"]) == 5 for r in rows)
     assert all(r["spread"] > 0 and r["loss"] > 0 for r in rows)
+
+
+def test_lamb_moves_each_weight_tensor_by_its_trust_fraction(probe) -> None:
+    torch.manual_seed(0)
+    weight, bias = torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.zeros(8))
+    optimizer = probe.Lamb([{"params": [weight], "lr": 0.01, "trust": True}, {"params": [bias], "lr": 1e-3}])
+    before_w, before_b = weight.detach().clone(), bias.detach().clone()
+    (weight.sum() * 100 + (bias * torch.arange(8.0)).sum()).backward()
+    optimizer.step()
+    assert float((weight.detach() - before_w).norm() / before_w.norm()) == pytest.approx(0.01, rel=1e-4)
+    # without trust: Adam's first step moves every element by the rate (here the one with zero gradient stays)
+    assert (bias.detach() - before_b).abs().tolist() == pytest.approx([0.0] + [1e-3] * 7, rel=1e-3)
