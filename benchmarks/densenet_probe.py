@@ -117,24 +117,25 @@ def apply_patch(patch: dict) -> None:
     if unknown:
         raise SystemExit(f"densenet_probe.py: unknown --patch keys {sorted(unknown)}")
 
+    betas = tuple(patch.get("betas", (0.9, 0.999)))
+
     def make_optimizer(model: nn.Module, config: TrainConfig, *, fused: bool,
                        capturable: bool = False) -> torch.optim.Optimizer:
         if "trust_lr" in patch:
             matrices = [p for p in model.parameters() if p.ndim > 1]
             return Lamb([{"params": matrices, "lr": patch["trust_lr"], "trust": True},
                          {"params": [p for p in model.parameters() if p.ndim <= 1], "lr": config.lr}],
-                        betas=tuple(patch.get("betas", (0.9, 0.999))), weight_decay=config.weight_decay)
+                        betas=betas, weight_decay=config.weight_decay)
         kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         head = {id(p) for p in getattr(model, get_spec(config.arch).head).parameters()}
         groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": config.lr},
                   {"params": [p for p in model.parameters() if id(p) in head],
                    "lr": config.lr * patch.get("head_lr_mult", 1.0)}]
-        betas = tuple(patch.get("betas", (0.9, 0.999)))
         return kind(groups, lr=config.lr, weight_decay=config.weight_decay, betas=betas, fused=fused)
 
     def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                        steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
-        warmup = min(config.epochs * steps_per_epoch // 2, config.warmup_epochs * steps_per_epoch)
+        warmup = recipes.warmup_steps(config, steps_per_epoch)
         factor = (lambda step: (step + 1) / warmup if step < warmup else 1.0)  # noqa: E731
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 

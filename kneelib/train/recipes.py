@@ -77,7 +77,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma), False
     total = max(1, config.epochs * steps_per_epoch)
-    warmup = min(total // 2, config.warmup_epochs * steps_per_epoch)  # at most half of a short run
+    warmup = warmup_steps(config, steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -86,6 +86,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+
+
+def warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The linear warm-up's length in steps: ``warmup_epochs``, at most half of a short run."""
+    return min(max(1, config.epochs * steps_per_epoch) // 2, config.warmup_epochs * steps_per_epoch)
 
 
 def make_ema(model: nn.Module, decay: float) -> nn.Module | None:
