@@ -37,6 +37,7 @@ from kneelib.train.config import (
     limit_samples,
     run_config,
 )
+from kneelib.train.lock import run_lock
 from kneelib.train.steps import EagerStep, GraphedStep, make_step
 from kneelib.train.threads import ThreadGovernor
 
@@ -200,9 +201,10 @@ def train(config: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, data_dir=Path(data_dir), out=Path(out_dir), resume=resume,
-                      progress=progress, stop_after_epoch=stop_after_epoch, verbose=verbose,
-                      cache=cache, log=log, keep_last=keep_last)
+        with run_lock(out_dir):  # one training process per run directory (a second one stops, naming it)
+            return _train(config, data_dir=Path(data_dir), out=Path(out_dir), resume=resume,
+                          progress=progress, stop_after_epoch=stop_after_epoch, verbose=verbose,
+                          cache=cache, log=log, keep_last=keep_last)
     finally:
         torch.set_num_threads(threads)
 
@@ -250,7 +252,8 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
     if cuda:
         torch.backends.cudnn.benchmark = True
     datasets = {name: KneeDataset(s, scheme, image_size=config.image_size, train=name == "train",
-                                  clahe=config.clahe, cache=cache, progress=bar, seed=config.seed)
+                                  clahe=config.clahe, cache=cache, progress=bar, seed=config.seed,
+                                  augment=config.augment)
                 for name, s in splits.items()}
     on_device = config.data_on_device if config.data_on_device is not None else cuda
     graphs = cuda and config.cuda_graphs
