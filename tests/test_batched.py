@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from fakes import make_tiny_dataset
+from no_sync import HostSync, forbid_host_sync
 from PIL import Image
 
 from kneelib.data.batched import BatchedAugmentation, DeviceBatches
@@ -55,27 +56,126 @@ def both_paths() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     return _summaries(np.stack(pil)), _summaries(batched[:, 0].numpy())
 
 
+def _agree(pil: dict[str, np.ndarray], batched: dict[str, np.ndarray], stat: str) -> bool:
+    """The mean of the statistic over the draws agrees within 4 standard errors, its spread within 15%."""
+    a, b = pil[stat], batched[stat]
+    se = np.sqrt(a.var() / len(a) + b.var() / len(b))
+    return bool(abs(a.mean() - b.mean()) < 4 * se + 1e-3 and (stat == "left_brighter"
+                                                                or b.std() == pytest.approx(a.std(), rel=0.15)))
+
+
 @pytest.mark.parametrize("stat", ["mean", "std", "black", "left_brighter"])
 def test_batched_augmentation_matches_the_pil_path(both_paths, stat: str) -> None:
-    pil, batched = both_paths[0][stat], both_paths[1][stat]
-    # The mean of the statistic over 1,500 draws agrees within 4 standard errors, its spread within 15%.
-    se = np.sqrt(pil.var() / N_DRAWS + batched.var() / N_DRAWS)
-    assert abs(pil.mean() - batched.mean()) < 4 * se + 1e-3, (pil.mean(), batched.mean())
-    if stat != "left_brighter":
-        assert batched.std() == pytest.approx(pil.std(), rel=0.15)
+    pil, batched = both_paths
+    assert _agree(pil, batched, stat), (stat, pil[stat].mean(), batched[stat].mean(), pil[stat].std(),
+                                        batched[stat].std())
+
+
+@pytest.mark.parametrize("wrong", [dict(degrees=20.0), dict(scale=(0.8, 1.2)), dict(brightness=0.5, contrast=0.5),
+                                   dict(flip=0.0)])
+def test_the_comparison_with_the_pil_path_sees_a_wrong_strength(both_paths, wrong: dict) -> None:
+    torch.manual_seed(7)
+    image = torch.from_numpy(_test_image())[None, None].repeat(N_DRAWS, 1, 1, 1)
+    batched = _summaries(BatchedAugmentation(**wrong)(image)[:, 0].numpy())
+    assert not all(_agree(both_paths[0], batched, stat) for stat in ("mean", "std", "black", "left_brighter"))
 
 
 def test_batched_parameters_are_the_papers_and_independent_per_image() -> None:
     augment = BatchedAugmentation()
+    p = augment.params(augment.draw(4000, "cpu", torch.Generator().manual_seed(0)))
+    angle, scale = p["angle"], p["scale"]
+    assert angle.abs().max() <= 10 and angle.std() == pytest.approx(20 / 12 ** 0.5, rel=0.05)
+    assert 0.9 <= scale.min() and scale.max() <= 1.1 and scale.std() == pytest.approx(0.2 / 12 ** 0.5, rel=0.05)
+    for name in ("brightness", "contrast"):
+        assert 0.67 <= p[name].min() and p[name].max() <= 1.33
+        assert p[name].std() == pytest.approx(0.66 / 12 ** 0.5, rel=0.05)
+    for name in ("flip", "jitter_first", "brightness_first"):
+        assert p[name].float().mean() == pytest.approx(0.5, abs=0.03)
+    draws = torch.stack([angle, scale, p["brightness"], p["contrast"]])
+    corr = torch.corrcoef(draws)
+    assert (corr - torch.eye(4)).abs().max() < 0.06  # independent parameters
     torch.manual_seed(0)
     out = augment(torch.full((400, 1, 32, 32), 100, dtype=torch.uint8))
-    angle, scale = augment.affine._params["angle"], augment.affine._params["scale"][:, 0]
-    assert angle.abs().max() <= 10 and angle.std() == pytest.approx(20 / 12 ** 0.5, rel=0.15)
-    assert 0.9 <= scale.min() and scale.max() <= 1.1
-    brightness = augment.jitter._params["brightness_factor"]
-    assert 0.67 <= brightness.min() and brightness.max() <= 1.33
     assert len(torch.unique(out.mean((1, 2, 3)))) > 300  # a draw per image, not one per batch
     assert out.dtype == torch.float32 and out.shape == (400, 1, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+def _draws(**columns: float) -> torch.Tensor:
+    """One image's draws with the named columns set (the rest 0.75: no flip, brightness/contrast order 2)."""
+    from kneelib.data import batched
+
+    u = torch.full((1, batched.DRAWS), 0.75)
+    for name, value in columns.items():
+        u[0, getattr(batched, f"_{name.upper()}")] = value
+    return u
+
+
+def test_the_warp_is_torchvisions_affine_nearest_zero_fill() -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    image = torch.from_numpy(_test_image())[None, None]
+    image = image + torch.randint(0, 30, image.shape, generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    augment = BatchedAugmentation(brightness=0, contrast=0, flip=0)
+    for angle, scale in [(8.0, 1.0), (-8.0, 1.07), (0.0, 0.92), (10.0, 0.9), (-3.0, 1.1)]:
+        u = _draws(angle=(angle / 10 + 1) / 2, scale=(scale - 0.9) / 0.2)
+        ours = (augment.apply(image, u) * 255).round().to(torch.uint8)
+        theirs = TF.affine(image, angle=angle, translate=[0, 0], scale=scale, shear=[0.0, 0.0],
+                           interpolation=TF.InterpolationMode.NEAREST, fill=0)
+        assert (ours == theirs).float().mean() > 0.995, (angle, scale)
+
+
+def test_the_jitter_is_torchvisions_brightness_and_contrast() -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.from_numpy(_test_image())[None, None]
+    f = x.float() / 255
+    augment = BatchedAugmentation(degrees=0, scale=(1.0, 1.0), flip=0)
+    u = _draws(brightness=1.0, contrast=0.0, brightness_first=0.0)  # 1.33 brightness, 0.67 contrast, brightness first
+    expected = TF.adjust_contrast(TF.adjust_brightness(f, 1.33), 0.67)
+    assert torch.allclose(augment.apply(x, u), expected, atol=1e-6)
+    u = _draws(brightness=1.0, contrast=0.0, brightness_first=0.9)
+    expected = TF.adjust_brightness(TF.adjust_contrast(f, 0.67), 1.33)
+    assert torch.allclose(augment.apply(x, u), expected, atol=1e-6)
+
+
+def test_flips_are_exact_and_zero_strength_is_the_identity() -> None:
+    images = torch.randint(0, 256, (200, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    plain = images.float() / 255
+    off = BatchedAugmentation(degrees=0, scale=(1.0, 1.0), brightness=0, contrast=0, flip=0)
+    assert torch.equal(off(images), plain)
+    flip_only = BatchedAugmentation(degrees=0, scale=(1.0, 1.0), brightness=0, contrast=0)
+    out = flip_only(images, torch.Generator().manual_seed(3))
+    same = (out == plain).flatten(1).all(1)
+    mirrored = (out == plain.flip(-1)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 70 < int(mirrored.sum()) < 130
+    with pytest.raises(ValueError, match="degrees >= 0"):
+        BatchedAugmentation(scale=(1.1, 0.9))
+
+
+def test_draws_repeat_per_seed_and_differ_across_seeds() -> None:
+    images = torch.randint(0, 256, (16, 1, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    augment = BatchedAugmentation()
+
+    def run(seed: int) -> torch.Tensor:
+        return augment(images, torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(5), run(5)) and not torch.equal(run(5), run(6))
+    assert torch.equal(augment(images, torch.Generator().manual_seed(5)), run(5))  # no hidden state
+
+
+def test_the_augmentation_and_the_batches_never_read_a_value_back_to_the_host() -> None:
+    images = [torch.randint(0, 256, (1, 16, 16), dtype=torch.uint8) for _ in range(10)]
+    data = DeviceBatches(images, torch.arange(10) % 5, "cpu", augment=True, seed=3)
+    augment = BatchedAugmentation()
+    batch = torch.stack(images)
+    with forbid_host_sync():
+        augment(batch)
+        augment(batch, torch.Generator().manual_seed(1))
+        for order in (list(range(10)), torch.arange(10).flip(0)):
+            for x, y in data.batches(order, 4, epoch=1, memory_format=torch.channels_last):
+                assert x.shape[1:] == (3, 16, 16)
+    with forbid_host_sync(), pytest.raises(HostSync):  # the guard works
+        batch.sum().item()
 
 
 def test_batched_augmentation_rejects_float_input() -> None:

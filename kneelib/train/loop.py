@@ -374,7 +374,7 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
 def _execution(on_device: bool, step: str, why_eager: str | None, arithmetic: str) -> dict[str, str | None]:
     """``config.json``'s record of how the run executed: where the data lived, how steps ran, in which
     arithmetic (``fp32`` or ``bf16 autocast``)."""
-    return {"data": "on the device, batched augmentation (kornia)" if on_device
+    return {"data": "on the device, batched augmentation" if on_device
             else "host, per-image augmentation (PIL) in a DataLoader", "step": step, "why_eager": why_eager,
             "arithmetic": arithmetic}
 
