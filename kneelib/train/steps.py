@@ -130,7 +130,9 @@ class GraphedStep:
             if training:
                 optimizer.zero_grad(set_to_none=True)  # the graph's backward then owns the .grad tensors
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), grad:
+            # thread_local: other threads (a DataLoader's pin-memory thread, which queries CUDA events) may
+            # call CUDA while this thread captures; "global" would forbid that and break the capture.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), grad:
                 self.static_loss, self.static_logits = self.eager(self.static_images, self.static_targets,
                                                                   capture=True)
         finally:  # undo the warm-up's updates (capture records kernels without running them)

@@ -1,0 +1,124 @@
+"""The CUDA path's parts that a CPU can check: the capturable optimizer's tensor learning rate through the
+schedules and a resume, the CUDA-graph capture mode, the weight EMA's device-side counter, and the autocast
+dtype on GPUs with and without bf16 (``torch.cuda`` replaced by fakes where a GPU would be needed)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from no_sync import forbid_host_sync
+
+from kneelib.train import checkpoint as ckpt
+from kneelib.train import recipes, runtime, steps
+from kneelib.train.config import TrainConfig
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)  # smooth: a ReLU's dead units would amplify rounding into different trajectories
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)) for _ in range(n)]
+
+
+def _train(model, optimizer, scheduler, per_step, batches, lrs) -> None:
+    for i, (x, y) in enumerate(batches):
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
+        if per_step:
+            scheduler.step()
+        elif i % 3 == 2:  # "epochs" of 3 steps
+            scheduler.step()
+
+
+@pytest.mark.parametrize("recipe", ["scratch", "paper"])
+def test_a_capturable_optimizer_with_a_tensor_lr_follows_the_float_one_through_schedule_and_resume(
+        recipe: str, tmp_path: Path) -> None:
+    config = TrainConfig.from_recipe(recipe, arch="resnet18", weights=None, epochs=4, lr_step=1, lr_gamma=0.5)
+    steps_per_epoch, batches = 3, _batches(12)
+    trajectories = {}
+    for capturable in (False, True):
+        model = _model()
+        optimizer = recipes.make_optimizer(model, config, fused=True, capturable=capturable)
+        assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor) == capturable
+        scheduler, per_step = recipes.make_scheduler(optimizer, config, steps_per_epoch)
+        lrs: list[float] = []
+        _train(model, optimizer, scheduler, per_step, batches[:6], lrs)
+        # Resume as kneelib.train.loop does: everything through a checkpoint file, into fresh objects.
+        path = tmp_path / f"last-{capturable}.pt"
+        ckpt.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict()}, path)
+        last = ckpt.load_checkpoint(path)
+        model = _model()
+        model.load_state_dict(last["model"])
+        optimizer = recipes.make_optimizer(model, config, fused=True, capturable=capturable)
+        scheduler, per_step = recipes.make_scheduler(optimizer, config, steps_per_epoch)
+        optimizer.load_state_dict(last["optimizer"])
+        recipes.lr_to_device(optimizer, torch.device("cpu"))
+        scheduler.load_state_dict(last["scheduler"])
+        lr_object = optimizer.param_groups[0]["lr"]  # what a graph captured at the next batch would read
+        _train(model, optimizer, scheduler, per_step, batches[6:], lrs)
+        if capturable:  # the schedule changes that tensor in place, never replaces it
+            assert optimizer.param_groups[0]["lr"] is lr_object
+        trajectories[capturable] = (lrs, [p.detach().clone() for p in model.parameters()])
+    (float_lrs, float_params), (tensor_lrs, tensor_params) = trajectories[False], trajectories[True]
+    assert tensor_lrs == pytest.approx(float_lrs, rel=1e-6) and len(set(float_lrs)) > 3
+    for a, b in zip(float_params, tensor_params):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+class _FakeCuda:
+    """Enough of ``torch.cuda`` for :class:`kneelib.train.steps.GraphedStep` to run on CPU tensors: streams are
+    no-ops, a "capture" runs the step once and a replay does nothing; ``graph_kwargs`` records the capture's
+    keyword arguments."""
+
+    def __init__(self) -> None:
+        self.graph_kwargs: list[dict] = []
+        self.replays = 0
+
+    def install(self, mp: pytest.MonkeyPatch) -> None:
+        fake = self
+
+        class Stream:
+            def __init__(self, *args, **kwargs) -> None: ...
+            def wait_stream(self, other) -> None: ...
+
+        class CUDAGraph:
+            def replay(self) -> None:
+                fake.replays += 1
+
+        @contextlib.contextmanager
+        def graph(cuda_graph, pool=None, stream=None, capture_error_mode="global"):
+            fake.graph_kwargs.append({"pool": pool, "stream": stream, "capture_error_mode": capture_error_mode})
+            yield
+
+        mp.setattr(torch.cuda, "Stream", Stream)
+        mp.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+        mp.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        mp.setattr(torch.cuda, "CUDAGraph", CUDAGraph)
+        mp.setattr(torch.cuda, "graph", graph)
+        mp.setattr(torch.cuda, "synchronize", lambda device=None: None)
+
+
+def test_graph_capture_is_thread_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DataLoader's pin-memory thread queries CUDA events while the first batch is captured (the capture is
+    lazy, at the first batch): only a thread-local capture lets another thread do that."""
+    fake = _FakeCuda()
+    fake.install(monkeypatch)
+    model = _model()
+    optimizer = recipes.make_optimizer(model, TrainConfig(arch="resnet18"), fused=True, capturable=True)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    for opt in (optimizer, None):
+        step = steps.GraphedStep(model, opt, torch.device("cpu"), batch_size=8, example=x, num_classes=3,
+                                 precision="fp32")
+        step(x, y)
+    assert [k["capture_error_mode"] for k in fake.graph_kwargs] == ["thread_local", "thread_local"]
+    assert fake.replays == 2
