@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+from kneelib.atomic import check_output_dir, check_output_file
 from kneelib.errors import KneelibError
 
 
@@ -107,6 +108,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
     if not 0 < args.blur_fraction < 1 or (args.blur_threshold is not None and args.blur_threshold < 0):
         raise KneelibError("filter: --blur-fraction must lie in (0, 1) and --blur-threshold be >= 0")
+    check_output_file(args.report)
     result = filter_images(args.dir, fraction=args.blur_fraction, threshold=args.blur_threshold)
     report, side = write_report(result, args.report)
     blur = result.threshold
@@ -146,6 +148,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     if args.protocol == "paper" and args.ratios is not None:
         raise KneelibError("--ratios does not apply to --protocol paper (val is 12.5% of train+val, test kept)")
     ratios = parse_ratios(args.ratios) if args.ratios is not None else DEFAULT_RATIOS
+    check_output_dir(args.out)
     start = time.perf_counter()
     samples = discover(args.src)
     check_output_location(args.out, samples, args.src)
@@ -207,6 +210,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise KneelibError(f"synthetic data generator not available ({exc})") from None
     if args.per_grade < 1 or args.size < 64 or args.bilateral < 0:
         raise KneelibError("synth: need --per-grade >= 1, --size >= 64, --bilateral >= 0")
+    check_output_dir(args.out)
     generate_dataset(args.out, per_grade=args.per_grade, size=args.size, seed=args.seed, bilateral=args.bilateral,
                      signs=args.signs)
     print(f"wrote synthetic data set to {args.out}/")
@@ -228,6 +232,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     from kneelib.data.prepare import PREPARE_INFO, prepare
     from kneelib.data.verify_text import verdict
 
+    check_output_dir(args.out)
     result = prepare(args.src, args.out, manifest=args.manifest, clahe=args.clahe, link=args.link, force=args.force)
     print(f"{args.src}: {verdict(result.report)}")
     if result.already:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from kneelib.atomic import check_output_file
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` sub-command."""
@@ -43,6 +45,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     from kneelib.train.loop import run_status
 
+    for path in (args.out, args.predictions):  # before the work: a bad path must not lose the results
+        if path is not None:
+            check_output_file(path)
     if args.calibrate:
         for name, record in calibrate_runs(args.run_dirs, args.data, device=args.device, batch_size=args.batch_size,
                                            tta=args.tta).items():

@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
     from kneelib.errors import KneelibError
     from kneelib.serve.export import OPSET, export_runs, sidecar_path
 
+    from kneelib.atomic import check_output_file
+
+    check_output_file(args.out)
+    check_output_file(sidecar_path(args.out))
     fmt = args.fmt or ("torchscript" if args.out.suffix.lower() in TORCHSCRIPT_SUFFIXES else "onnx")
     if args.opset is not None and fmt != "onnx":
         raise KneelibError("--opset applies to --format onnx only")

@@ -83,8 +83,10 @@ def _print_metrics(metrics: dict, title: str) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``kneelib localize train``."""
+    from kneelib.atomic import check_output_dir
     from kneelib.radiograph.localizer_training import train_localizer
 
+    check_output_dir(args.out)
     metrics = train_localizer(args.out, n_train=args.n_train, n_val=args.n_val, epochs=args.epochs,
                               seed=args.seed, threads=args.threads, overwrite=args.force,
                               progress=not args.quiet and sys.stderr.isatty(),

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from kneelib.radiograph.localizer import Localizer
     from kneelib.serve.predict import Grader, Predictor
 
+from kneelib.atomic import check_output_dir
 from kneelib.errors import KneelibError
 
 #: File suffixes that mark the start of the image list in ``predict --runs RUN... IMAGE...``.
@@ -71,6 +72,10 @@ def run_predict(args: argparse.Namespace) -> int:
         raise KneelibError("no run directories given (--runs RUN_DIR [RUN_DIR ...] IMAGE [IMAGE ...])")
     if args.heatmaps and args.model:
         raise KneelibError("--heatmaps needs --runs (Grad-CAM needs the PyTorch model, not an export)")
+    if args.heatmaps:
+        check_output_dir(args.heatmaps)
+    if args.bilateral:
+        check_output_dir(args.out)
     crops = check_images(images) if images else []
     radiographs = check_images(args.bilateral) if args.bilateral else []
     if not crops and not radiographs:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kneelib import cpu_pin
+from kneelib.atomic import check_output_dir
 from kneelib.data.layout import MANIFEST_NAME, Sample, discover
 from kneelib.data.split import held_out_split, write_manifest
 from kneelib.errors import KneelibError
@@ -78,6 +79,7 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
         cpu_pin.apply()  # inherited by every kernel and worker started from here on
     # Absolute: papermill and the workers change their working directory, a relative --out would move with it.
     layout = Layout((Path(out) if out else REPO_ROOT / "runs" / profile.name).resolve())
+    check_output_dir(layout.out)  # before any work: a file or a read-only folder there stops it with one line
     if profile.jobs <= 0:
         profile = dataclasses.replace(profile, jobs=resolve_jobs(profile, device))
         log(f"{profile.jobs} training notebook(s) at once")
