@@ -207,11 +207,13 @@ def test_paired_difference_ci() -> None:
 
 def test_se_gain_table() -> None:
     rows = [{"scheme": "kl5", "arch": "densenet121", "n": 826, "seeds": 1, "plain_accuracy": 0.5,
-             "se_accuracy": 0.52, "diff": 0.02, "lo": -0.01, "hi": 0.05, "p": 0.2}]
+             "se_accuracy": 0.52, "diff": 0.02, "lo": -0.01, "hi": 0.05, "p": 0.2, "images_lo": 0.0,
+             "images_hi": 0.04}]
     table = report.se_gain_table(rows)
     row = table.iloc[0]
     assert table.index[0] == "DenseNet-121" and row["SE gain pp"] == pytest.approx(2.0)
-    assert row["95% CI"] == "-1.0 to +5.0" and row["paper gain pp"] == pytest.approx(69.77 - 66.73)  # Table 4
+    assert row["95% CI, seeds and images"] == "-1.0 to +5.0" and row["95% CI, images"] == "+0.0 to +4.0"
+    assert row["paper gain pp"] == pytest.approx(69.77 - 66.73)  # Table 4
     assert isinstance(report.format_table(table), pd.DataFrame | str)
 
 

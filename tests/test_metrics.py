@@ -163,3 +163,25 @@ def test_all_one_class_is_json_safe() -> None:
     text = json.dumps(m, allow_nan=False)
     assert not any(math.isnan(x) for x in [m["accuracy"], m["mae"]])
     assert '"auc": null' in text
+
+
+def test_two_level_interval_covers_the_spread_between_seeds() -> None:
+    from kneelib.evaluate.metrics import paired_difference_ci, two_level_difference_ci
+
+    rng = np.random.default_rng(0)
+    n = 800
+    a = (rng.random((3, n)) < 0.50).astype(float)  # three seeds near 50%
+    # B's seeds disagree widely: 44%, 52% and 60%; their mean gain over A is about +2 points
+    b = np.stack([(rng.random(n) < p).astype(float) for p in (0.44, 0.52, 0.60)])
+    both = two_level_difference_ci(a, b, n_boot=2000)
+    images = paired_difference_ci(a.mean(0), b.mean(0), n_boot=2000)
+    assert both["diff"] == pytest.approx(b.mean() - a.mean())
+    assert both["hi"] - both["lo"] > 1.5 * (images["hi"] - images["lo"])  # the seeds' spread is in it
+    assert both["lo"] < 0 < both["hi"]  # three seeds this far apart cannot show a 2-point gain
+    same = two_level_difference_ci(a, a)
+    assert same["diff"] == 0 and same["lo"] <= 0 <= same["hi"]
+    one = two_level_difference_ci(a[:1], b[:1])  # one seed a side: the images-only interval
+    assert one["hi"] - one["lo"] == pytest.approx(
+        np.subtract(*reversed([paired_difference_ci(a[0], b[0])[k] for k in ("lo", "hi")])), rel=0.25)
+    with pytest.raises(ValueError):
+        two_level_difference_ci(a, b[:, :10])

@@ -50,8 +50,14 @@ def test_jobs_are_sized_from_free_gpu_memory_and_cores(monkeypatch: pytest.Monke
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     paper = get_profile("paper")
-    assert paper.jobs == 0 and get_profile("smoke").jobs == 3
-    assert resolve_jobs(get_profile("smoke"), "cuda", free_gpu_bytes=10**12) == 3  # a set value wins
+    assert paper.jobs == 0 and get_profile("smoke").jobs == 0
+    assert resolve_jobs(get_profile("smoke", jobs=3), "cuda", free_gpu_bytes=10**12) == 3  # a set value wins
+    # single-threaded CPU runs (smoke): one more than the cores, at most one per model
+    assert resolve_jobs(get_profile("smoke"), "cpu") == 16
+    assert resolve_jobs(get_profile("smoke", archs=["resnet18"]), "cpu") == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert resolve_jobs(get_profile("smoke"), "cpu") == 3  # the 2-core machine: as before
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert resolve_jobs(paper, "cpu", free_gpu_bytes=0) == 1  # no GPU: one run at a time
     gib = 2**30
     assert resolve_jobs(paper, "cuda", free_gpu_bytes=int(3.5 * RUN_GPU_GIB * gib)) == 3  # memory-bound

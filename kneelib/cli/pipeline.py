@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from kneelib.errors import KneelibError
 from kneelib.pipeline import (
     PROFILES,
+    Profile,
     get_profile,
     reproduce,
     update_committed_notebooks,
@@ -31,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="override the profile's image size")
     p.add_argument("--split", help="split the tables are computed on (default test; real data here: val)")
     p.add_argument("--jobs", type=int, help="training notebooks (one model, all seeds) run at once (smoke: 3; paper, scratch: sized from free GPU memory, else 1)")
+    p.add_argument("--hours", type=float, metavar="H",
+                   help="cpu profile: choose the image size and epochs so that the grid trains in about H hours "
+                   "on this machine (from timed steps and the measured learning curves); printed before training")
+    p.add_argument("--dry-run", action="store_true", help="with --hours: print the choice and its projected time, "
+                   "train nothing")
     p.add_argument("--executor", default="local", metavar="local|ray",
                    help="where the training notebooks run: local worker processes (default) or Ray tasks "
                    "(pip install -e '.[ray]')")
@@ -49,6 +56,10 @@ def _run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile, archs=args.archs, schemes=args.schemes, seeds=args.seeds,
                           epochs=args.epochs, image_size=args.image_size, split=args.split,
                           jobs=args.jobs)
+    if args.hours is not None or args.dry_run:
+        profile = _budgeted(profile, args)
+        if args.dry_run:
+            return 0
     layout = reproduce(profile, data=args.data, out=args.out, device=args.device, real_data=args.real_data,
                        executor=args.executor, ray_address=args.ray_address)
     if args.update_notebooks:
@@ -57,3 +68,21 @@ def _run(args: argparse.Namespace) -> int:
             print(f"updated {path}")
         print(f"updated {write_reference(layout, profile.name)}")
     return 0
+
+
+def _budgeted(profile: Profile, args: argparse.Namespace) -> Profile:
+    """``profile`` with the size and epochs of ``--hours`` (printed); KneelibError where it does not apply."""
+    from kneelib.pipeline.budget import plan
+
+    if args.hours is None:
+        raise KneelibError("--dry-run goes with --hours")
+    if profile.name != "cpu":
+        raise KneelibError(f"--hours chooses the cpu profile's sizes, not the {profile.name} profile's")
+    if args.epochs is not None or args.image_size is not None:
+        raise KneelibError("--hours chooses the epochs and image size: leave out --epochs and --image-size")
+    if not args.data:
+        raise KneelibError("--hours needs --data (the real crops it will train on)")
+    chosen, budget = plan(profile, args.data, args.hours, device=args.device)
+    changes = ", ".join(f"{k} {v}" for k, v in chosen.recipe_changes)
+    print(f"{budget.describe()}; the scratch recipe{' with ' + changes if changes else ''}", flush=True)
+    return chosen

@@ -40,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: the recipe's; paper {d['lr']:g})")
     p.add_argument("--weight-decay", type=float, default=None,
                    help=f"weight decay (default: the recipe's; paper {d['weight_decay']:g})")
+    p.add_argument("--augment", type=float, default=None, metavar="STRENGTH",
+                   help="augmentation strength: 1 the paper's flip, ±10° rotation, 0.9-1.1 scale and 0.33 "
+                   "jitter; 0 the flip alone (default: the recipe's)")
+    p.add_argument("--warmup-epochs", type=int, default=None, metavar="N",
+                   help="linear warm-up epochs of the cosine schedule (default: the recipe's)")
     p.add_argument("--weights", default="none", metavar="none|imagenet|PATH",
                    help="initial weights (default none: random init)")
     p.add_argument("--clahe", action="store_true",
@@ -72,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     from kneelib.data.dataset import DecodeCache, default_cache_dir
     from kneelib.train import train
 
-    overrides = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay)) if v is not None}
+    overrides = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay), ("augment", args.augment),
+                                   ("warmup_epochs", args.warmup_epochs)) if v is not None}
     config = TrainConfig.from_recipe(
         args.recipe, arch=args.arch, scheme=args.scheme, seed=args.seed, epochs=args.epochs,
         image_size=args.image_size, batch_size=args.batch_size, weights=args.weights, clahe=args.clahe,

@@ -150,11 +150,12 @@ class KneeDataset(Dataset):
     process-wide cache by default), so iterating never decodes a file. ``train=True`` applies the
     paper's augmentation; its randomness is seeded per sample from ``(seed, epoch, index)`` — call
     :meth:`set_epoch` before each epoch — so the result does not depend on DataLoader workers.
+    ``augment``: the augmentation's strength (:func:`~kneelib.data.transforms.paper_augmentation`).
     """
 
     def __init__(self, samples: Sequence[Sample], scheme: Scheme | str, *, image_size: int,
                  train: bool, clahe: bool, cache: DecodeCache | None = None, progress: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, augment: float = 1.0) -> None:
         self.samples = list(samples)
         self.scheme = get_scheme(scheme)
         self.image_size = int(image_size)
@@ -169,7 +170,7 @@ class KneeDataset(Dataset):
         self.images = [_readonly_tensor(a) for a in arrays]
         self.targets = torch.tensor([self.scheme.encode(s.grade) for s in self.samples],
                                     dtype=torch.long)
-        self.augment = paper_augmentation() if self.train else None
+        self.augment = paper_augmentation(augment) if self.train else None
 
     def __len__(self) -> int:
         return len(self.samples)

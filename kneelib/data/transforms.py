@@ -75,18 +75,26 @@ def to_tensor(u8: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
 
 
-def paper_augmentation() -> v2.Transform:
+def paper_augmentation(strength: float = 1.0) -> v2.Transform:
     """The paper's train-time augmentation, in random order (uint8 ``1×S×S`` tensors or PIL images).
 
     Horizontal flip (p=0.5), affine (rotation ±10°, scale 0.9–1.1) and colour jitter (brightness,
     contrast, saturation 0.33). Saturation is kept for fidelity to the paper's recipe; it has no effect
     on a grayscale image (torchvision returns 1-channel input unchanged, as the paper's 3 identical
     channels would be), but it keeps the random draws of the recipe.
+
+    ``strength`` scales the rotation, the scale range and the jitter (1: the paper's; 0: the flip alone,
+    the augmentation a short from-scratch run trains best with, docs/recipes.md).
     """
+    if strength < 0:
+        raise KneelibError(f"augmentation strength must not be negative, got {strength}")
+    if strength == 0:
+        return v2.RandomHorizontalFlip()
+    jitter = 0.33 * strength
     return v2.RandomOrder(
         [
             v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=10, scale=(0.9, 1.1)),
-            v2.ColorJitter(brightness=0.33, contrast=0.33, saturation=0.33),
+            v2.RandomAffine(degrees=10 * strength, scale=(1 - 0.1 * strength, 1 + 0.1 * strength)),
+            v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
         ]
     )

@@ -161,6 +161,39 @@ def paired_difference_ci(
     return {"diff": observed, "lo": _num(lo), "hi": _num(hi), "p": _num(min(1.0, 2 * other_side))}
 
 
+def two_level_difference_ci(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    *,
+    n_boot: int = N_BOOTSTRAP,
+    level: float = CI_LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, float | None]:
+    """Accuracy of B minus A, with a two-level bootstrap interval that covers the seeds' spread and the images'.
+
+    ``correct_a`` (seeds of A × images) and ``correct_b`` (seeds of B × the same images): 1 where that seed's
+    model was right. Each resample draws the seeds of A and of B with replacement (separately: a seed number
+    pairs nothing across architectures), then the images once for both (what the two get right together
+    cancels), and takes the difference of the drawn seeds' mean accuracies. With one seed a side the interval
+    is the images-only one. Returns ``{"diff", "lo", "hi", "p"}`` as :func:`paired_difference_ci`."""
+    a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired samples differ in images: {a.shape[1]} vs {b.shape[1]}")
+    if a.shape[1] == 0:
+        return {"diff": None, "lo": None, "hi": None, "p": None}
+    rng = np.random.default_rng(seed)
+    seeds_a = rng.integers(0, a.shape[0], size=(n_boot, a.shape[0]))
+    seeds_b = rng.integers(0, b.shape[0], size=(n_boot, b.shape[0]))
+    images = rng.integers(0, a.shape[1], size=(n_boot, a.shape[1]))
+    per_image = b[seeds_b].mean(axis=1) - a[seeds_a].mean(axis=1)  # n_boot × images
+    diffs = np.take_along_axis(per_image, images, axis=1).mean(axis=1)
+    observed = float(b.mean() - a.mean())
+    lo, hi = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    other_side = np.mean(diffs <= 0) if observed > 0 else np.mean(diffs >= 0)
+    return {"diff": observed, "lo": _num(lo), "hi": _num(hi), "p": _num(min(1.0, 2 * other_side))}
+
+
 def _roc(y_true: np.ndarray, probs: np.ndarray, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """One-vs-rest ROC curve points and AUC per class (empty curve, ``auc: None`` if undefined)."""
     roc: dict[str, dict[str, Any]] = {}

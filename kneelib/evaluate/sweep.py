@@ -99,19 +99,21 @@ def metrics_by_run(results: dict[tuple[str, str], dict], scheme: str) -> dict[st
     return table
 
 
-def seed_mean_correct(predictions: pd.DataFrame) -> pd.Series:
-    """Per image (``path``), the share of the group's seeds that graded it right (the ensemble row left out)."""
+def seed_correct(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per image (``path``, rows) and seed's model (columns), 1 where it graded the image right (no ensemble)."""
     members = predictions[predictions["model"] != "ensemble"]
-    return (members["true"] == members["pred"]).groupby(members["path"]).mean()
+    right = (members["true"] == members["pred"]).astype(float)
+    return right.groupby([members["path"], members["model"]]).mean().unstack("model")
 
 
 def se_gains(out_dir: str | os.PathLike, data_dir: str | os.PathLike, *, archs: Sequence[str],
              schemes: Sequence[str], seeds: Sequence[int], split: str = "test", device: str = "auto",
              progress: bool | None = None) -> list[dict[str, Any]]:
     """What SE blocks add to each backbone of the sweep: per scheme and plain architecture whose ``se_``
-    twin is in ``archs``, the seed-mean accuracies on the same images and their difference with a paired
-    bootstrap 95% interval (:func:`~kneelib.evaluate.metrics.paired_difference_ci`)."""
-    from kneelib.evaluate.metrics import paired_difference_ci
+    twin is in ``archs``, the seed-mean accuracies on the same images and their difference, with a 95%
+    interval over seeds and images (``lo``/``hi``/``p``: :func:`~kneelib.evaluate.metrics.two_level_difference_ci`)
+    and one over the images alone (``images_lo``/``images_hi``: the seeds' mean per image, paired bootstrap)."""
+    from kneelib.evaluate.metrics import paired_difference_ci, two_level_difference_ci
 
     rows = []
     for scheme in schemes:
@@ -120,9 +122,12 @@ def se_gains(out_dir: str | os.PathLike, data_dir: str | os.PathLike, *, archs: 
                                      progress=progress) for a in (plain, f"se_{plain}")]
             if any(g is None for g in groups):
                 continue
-            a, b = (seed_mean_correct(g[1]) for g in groups)
-            a, b = a.align(b, join="inner")
-            rows.append({"scheme": scheme, "arch": plain, "n": int(a.size), "seeds": len(seeds),
-                         "plain_accuracy": float(a.mean()), "se_accuracy": float(b.mean()),
-                         **paired_difference_ci(a.to_numpy(), b.to_numpy())})
+            a, b = (seed_correct(g[1]) for g in groups)
+            a, b = a.align(b, join="inner", axis=0)
+            images = paired_difference_ci(a.mean(axis=1).to_numpy(), b.mean(axis=1).to_numpy())
+            rows.append({"scheme": scheme, "arch": plain, "n": int(a.shape[0]),
+                         "seeds": min(a.shape[1], b.shape[1]),
+                         "plain_accuracy": float(a.to_numpy().mean()), "se_accuracy": float(b.to_numpy().mean()),
+                         **two_level_difference_ci(a.to_numpy().T, b.to_numpy().T),
+                         "images_lo": images["lo"], "images_hi": images["hi"]})
     return rows

@@ -78,7 +78,7 @@ def train_parameters(profile: Profile, layout: Layout, data_dir: Path, arch: str
         "arch": arch, "scheme": scheme, "seeds": list(profile.seeds), "epochs": profile.epochs,
         "image_size": profile.image_size, "batch_size": profile.batch_size, "weights": profile.weights,
         "recipe": profile.recipe, "clahe": profile.clahe, "limit": profile.limit, "device": device,
-        "threads": profile.threads,
+        "threads": profile.threads, "recipe_changes": dict(profile.recipe_changes),
     }
 
 

@@ -28,6 +28,8 @@ class Profile:
     batch_size: int = 32
     weights: str = "imagenet"
     recipe: str = "paper"  # training recipe (kneelib.train.recipes): paper, or scratch for random weights
+    # TrainConfig fields changed from the recipe, as (name, value) pairs (e.g. what a --hours budget chose)
+    recipe_changes: tuple[tuple[str, Any], ...] = ()
     limit: int = 0  # 0 = every image
     clahe: bool = False
     synth_per_grade: int = 0  # > 0: generate synthetic data when no --data is given
@@ -36,7 +38,7 @@ class Profile:
     synth_bilateral: int = 0  # synthetic bilateral radiographs for 06_predict's localisation demo
     featured_arch: str = "se_densenet121"  # the ensemble of Table 6 and Figs. 5-7
     featured_scheme: str = "kl4"
-    threads: int = 0  # torch threads per run (0 = torch's default)
+    threads: int = 0  # torch threads per run (0 = torch's default: the machine's cores, governed)
     jobs: int = 0  # training notebooks (one model, all seeds) executed at once (0: resolve_jobs decides)
     pin_cpu: bool = False  # pin every library's CPU kernels to AVX2 (kneelib.cpu_pin): same results on any x86-64
     cell_timeout: int = 0  # seconds one notebook cell may run (0 = no limit): a hung kernel fails the sweep
@@ -53,15 +55,13 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # The README's main job: synthetic data, all 48 runs, tiny images, a few epochs, on a laptop CPU.
-    # Single-threaded runs, three at a time: on a 2-core machine one run's start-up (kernel, imports) and
-    # evaluation overlap the others' training. Two at a time avoids time-slicing the epochs (with three each
-    # took 2.3x as long as alone) but leaves a core idle in those gaps: the sweep took 7.0, 7.4 and 7.9 min
-    # with two jobs against 7.3 with three (2-core EPYC, idle).
-    # Batch 8 gives the from-scratch models more steps per image seen.
-    # At 64 px realistic KL signs are a pixel or two wide: the smoke data draws them 3x stronger.
+    # Single-threaded runs, one more at a time than the machine has cores (resolve_jobs): one run's start-up
+    # (kernel, imports) and evaluation overlap the others' training (docs/reproducibility.md). Each run's
+    # numbers do not depend on how many run beside it. Batch 8 gives the from-scratch models more steps per
+    # image seen. At 64 px realistic KL signs are a pixel or two wide: the smoke data draws them 3x stronger.
     "smoke": Profile(
         name="smoke", epochs=3, image_size=64, batch_size=8, weights="none",
-        synth_per_grade=45, synth_size=64, synth_signs=3.0, synth_bilateral=3, threads=1, jobs=3,
+        synth_per_grade=45, synth_size=64, synth_signs=3.0, synth_bilateral=3, threads=1,
         cell_timeout=900, pin_cpu=True,
     ),
     # The paper's settings on a real data directory: 224 px, 75 epochs, ImageNet weights, 48 runs (GPU).
@@ -69,9 +69,10 @@ PROFILES: dict[str, Profile] = {
     # The paper's grid and sizes from random weights (no ImageNet available): the scratch recipe (GPU).
     "scratch": Profile(name="scratch", weights="none", recipe="scratch", ray_num_gpus=0.25),
     # The paper's grid on a real data directory without a GPU: the scratch recipe at the image size and epochs a
-    # 2-core CPU trains in about an hour per seed (both scales), one run at a time on both cores, bf16 where the
-    # processor has it; selected on val', reported on the official val split when the test split is withheld.
-    "cpu": Profile(name="cpu", epochs=4, image_size=64, weights="none", recipe="scratch", threads=2, jobs=1,
+    # 2-core CPU trains in about an hour per seed (both scales; --hours chooses them for a budget instead), one
+    # run at a time on all the machine's cores (governed), bf16 where the processor has it; selected on val',
+    # reported on the official val split when the test split is withheld.
+    "cpu": Profile(name="cpu", epochs=4, image_size=64, weights="none", recipe="scratch", jobs=1,
                    selection="held-out", project=True),
 }
 
@@ -83,20 +84,25 @@ RUN_GPU_GIB = 8.0
 
 
 def resolve_jobs(profile: Profile, device: str = "auto", *, free_gpu_bytes: int | None = None) -> int:
-    """How many training notebooks run at once: the profile's ``jobs`` when set; else, on a GPU, as many
+    """How many training notebooks run at once: the profile's ``jobs`` when set; single-threaded CPU runs (the
+    smoke profile): one more than the machine's cores, at most one per model; else, on a GPU, as many
     as fit in 90% of its free memory (:data:`RUN_GPU_GIB` each) and half the CPU cores (each run's
     Python process needs a core to launch its kernels), at most one per model; else 1."""
+    import os
+
     if profile.jobs > 0:
         return profile.jobs
+    models = len(profile.archs) * len(profile.schemes)
+    if profile.threads == 1 and not profile.ray_num_gpus:  # single-threaded CPU runs: the cores, plus one
+        return max(1, min((os.cpu_count() or 1) + 1, models))
     if free_gpu_bytes is None:
         free_gpu_bytes = _free_gpu_bytes(device)
     if not free_gpu_bytes:
         return 1
-    import os
 
     by_memory = int(0.9 * free_gpu_bytes // (RUN_GPU_GIB * 2**30))
     by_cpu = max(1, (os.cpu_count() or 2) // 2)
-    return max(1, min(by_memory, by_cpu, len(profile.archs) * len(profile.schemes)))
+    return max(1, min(by_memory, by_cpu, models))
 
 
 def _free_gpu_bytes(device: str) -> int:

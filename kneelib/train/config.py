@@ -51,6 +51,7 @@ class TrainConfig:
     optimizer: str = "adam"  # adam (L2 weight decay, the paper) or adamw (decoupled)
     schedule: str = "step"  # step (lr x lr_gamma every lr_step epochs, the paper) or cosine (per batch)
     warmup_epochs: int = 0  # cosine: linear warm-up over this many epochs (at most half the run)
+    augment: float = 1.0  # augmentation strength: 1 the paper's, 0 the horizontal flip alone
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     balanced: bool = False  # draw training images class-balanced (with replacement)
@@ -94,6 +95,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.warmup_epochs >= 0, "warm-up epochs must not be negative"),
+            (0 <= self.augment <= 2, "augmentation strength must be in [0, 2]"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (0 <= self.ema_decay < 1, "EMA decay must be in [0, 1)"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
@@ -175,7 +177,9 @@ def run_config(config: TrainConfig, *, scheme: Scheme, data_dir: str | os.PathLi
         "normalize": {"mean": mean, "std": std},
         "clahe_params": {"clip_limit": CLAHE_CLIP_LIMIT, "tile_grid": list(CLAHE_TILE_GRID)},
         "loss": "cross_entropy",
-        "augmentation": "paper (random order: hflip, affine ±10° scale 0.9-1.1, jitter 0.33)",
+        "augmentation": ("paper (random order: hflip, affine ±10° scale 0.9-1.1, jitter 0.33)"
+                         if config.augment == 1 else f"paper at strength {config.augment:g}" if config.augment
+                         else "horizontal flip only"),
         "selection": "best val accuracy (ties keep the earlier epoch)",
         "data_dir": str(Path(data_dir).resolve()),
         "data_hash": data_hash,

@@ -1,0 +1,194 @@
+"""Where a CPU's hours pay: accuracy against image size, epochs and the recipe's budget-dependent parts.
+
+Each point is one training run from random weights on the real crops (``../shared/data/kneeKL224``): trained on
+train' (the official train split less a patient-grouped eighth), its checkpoint chosen on that eighth (val'),
+then scored once on the official val split (826 crops, never used for selection). A point is a variant of
+the ``scratch`` recipe (``--variants``, one change at a time), an architecture, a size, an epoch count and a
+seed; each finished point is one JSON line in ``--jsonl`` (kept across calls: a point already there is
+skipped, a killed run resumes). The CPU kernels are not pinned (bf16 autocast where the processor has it),
+threads are governed (:mod:`kneelib.train.threads`), so times measured beside other work are marked as such.
+
+    python benchmarks/budget_curves.py --arch resnet18 --sizes 64 --epochs 8 \\
+        --variants scratch flip-only no-warm-up --out /tmp/curves --jsonl benchmarks/results/budget_curves_cpu.jsonl
+    python benchmarks/budget_curves.py --timing --sizes 64 96 128 --json benchmarks/results/epoch_seconds_cpu.json
+
+``--timing`` writes the seconds of one epoch (train' and val') of every architecture at each size, from the
+projection's timed steps (:func:`kneelib.pipeline.progress.project_sweep`), and trains nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from kneelib.data.layout import discover, select_split  # noqa: E402
+from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
+from kneelib.evaluate import evaluate_runs  # noqa: E402
+from kneelib.pipeline.profiles import ALL_ARCHS  # noqa: E402
+from kneelib.pipeline.progress import project_sweep  # noqa: E402
+from kneelib.train import TrainConfig, runtime, train  # noqa: E402
+from kneelib.train.checkpoint import read_history  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "kneeKL224"
+#: Name → the fields changed from the ``scratch`` recipe (one change at a time, then what combines them).
+VARIANTS: dict[str, dict] = {
+    "scratch": {},
+    "flip-only": {"augment": 0.0},
+    "half-augment": {"augment": 0.5},
+    "no-warm-up": {"warmup_epochs": 0},
+    "flip-only, no warm-up": {"augment": 0.0, "warmup_epochs": 0},
+    "peak lr 1e-3": {"lr": 1e-3},
+    "peak lr 2e-3": {"lr": 2e-3},
+}
+
+
+def held_out_manifest(out: Path) -> Path:
+    """train → train' + val' (patient-grouped, 7:1), official val → test (held out), once per ``out``."""
+    manifest = out / "data" / "manifest.csv"
+    if not manifest.is_file():
+        write_manifest(held_out_split(discover(DATA), source=DATA), manifest, protocol="held-out")
+    return manifest
+
+
+def device_line(threads: int) -> str:
+    """The conditions a time was measured under."""
+    arithmetic = "bf16 autocast" if runtime.autocast_dtype("auto", torch.device("cpu")) else "fp32"
+    return f"cpu {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {threads} threads, {arithmetic})"
+
+
+def point(args: argparse.Namespace, manifest: Path, arch: str, size: int, epochs: int, variant: str,
+          seed: int) -> dict:
+    """Train (or resume) one run and score its val'-chosen checkpoint on the official val split."""
+    config = TrainConfig.from_recipe("scratch", arch=arch, scheme=args.scheme, seed=seed, epochs=epochs,
+                                     image_size=size, weights=None, device="cpu", **VARIANTS[variant])
+    slug = f"{arch}_{args.scheme}_{size}px_{epochs}ep_{variant.replace(' ', '').replace(',', '+')}_s{seed}"
+    tic = time.time()
+    run = train(config, data_dir=manifest, out_dir=args.out / slug, resume=True, progress=False, verbose=True,
+                keep_last=False)
+    minutes = (time.time() - tic) / 60
+    metrics, _ = evaluate_runs([run], manifest, split="test", device="cpu", progress=False)
+    m = next(iter(metrics["models"].values()))
+    history = read_history(run / "history.csv")
+    return {
+        "arch": arch, "scheme": args.scheme, "image_size": size, "epochs": epochs, "variant": variant,
+        "changes": VARIANTS[variant], "seed": seed, "minutes": round(minutes, 2),
+        "epoch_seconds": [row["seconds"] for row in history],
+        "val_prime_acc": [round(row["val_acc"], 4) for row in history],
+        "best_epoch": max(range(len(history)), key=lambda i: (history[i]["val_acc"], -i)) + 1,
+        "val_accuracy": m["accuracy"], "val_ci": m["ci"]["accuracy"], "val_qwk": m["qwk"],
+        "val_balanced_accuracy": m["balanced_accuracy"],
+        "val_recall": {name: round(c["recall"], 4) for name, c in m["per_class"].items()},
+        "device": device_line(torch.get_num_threads()), "alone": not args.shared,
+    }
+
+
+def curves(args: argparse.Namespace) -> int:
+    """Train every requested point not yet in ``--jsonl``."""
+    manifest = held_out_manifest(args.out)
+    done = set()
+    if args.jsonl.is_file():
+        for line in args.jsonl.read_text().splitlines():
+            row = json.loads(line)
+            done.add((row["arch"], row["scheme"], row["image_size"], row["epochs"], row["variant"], row["seed"]))
+    for variant in args.variants:
+        for arch in args.arch:
+            for size in args.sizes:
+                for epochs in args.epochs:
+                    for seed in args.seeds:
+                        if (arch, args.scheme, size, epochs, variant, seed) in done:
+                            continue
+                        row = point(args, manifest, arch, size, epochs, variant, seed)
+                        with args.jsonl.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        print(f"{arch} {size}px x{epochs} {variant!r} s{seed}: official val "
+                              f"{100 * row['val_accuracy']:.1f}% QWK {row['val_qwk']:.2f} in {row['minutes']:.1f} min",
+                              flush=True)
+    return 0
+
+
+def timing(args: argparse.Namespace) -> int:
+    """Seconds of one epoch (train' + val') of every architecture at each size, from timed steps."""
+    manifest = held_out_manifest(args.out)
+    samples = discover(manifest)
+    counts = {name: len(select_split(samples, name)) for name in ("train", "val", "test")}
+    table = {}
+    for size in args.sizes:
+        projection = project_sweep(args.arch, counts, epochs=1, image_size=size, batch_size=32, runs_per_arch=1)
+        table[str(size)] = {arch: round(projection.epoch_seconds(arch), 1) for arch in args.arch}
+        print(size, table[str(size)], flush=True)
+    args.json.write_text(json.dumps({
+        "what": "seconds of one training epoch over train' and one pass over val' (batch 32), from 2 rounds of 3 "
+                "timed steps per architecture (the faster round); the data pipeline not included",
+        "counts": counts, "device": device_line(torch.get_num_threads()), "alone": not args.shared,
+        "seconds": table}, indent=1) + "\n")
+    return 0
+
+
+def publish(args: argparse.Namespace) -> int:
+    """The curves ``kneelib reproduce --hours`` reads: mean best val' accuracy per arch, size and epochs of
+    ``--variants[0]`` over the seeds measured, written to ``kneelib/pipeline/assets/budget_curves.json``."""
+    variant = args.variants[0]
+    rows = [json.loads(line) for line in args.jsonl.read_text().splitlines()]
+    rows = [r for r in rows if r["variant"] == variant and r["scheme"] == args.scheme]
+    points: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for r in rows:
+        by_epochs = points.setdefault(r["arch"], {}).setdefault(str(r["image_size"]), {})
+        by_epochs.setdefault(str(r["epochs"]), []).append(max(r["val_prime_acc"]))
+    accuracy = {arch: {size: {e: round(sum(v) / len(v), 4) for e, v in sorted(by_e.items(), key=lambda x: int(x[0]))}
+                       for size, by_e in by_size.items()} for arch, by_size in points.items()}
+    seeds = sorted({r["seed"] for r in rows})
+    document = {
+        "what": "best val' accuracy (the selection split) by architecture, image size and epochs, mean over seeds "
+                f"{seeds}: the learning curves that --hours chooses from",
+        "conditions": f"kneeKL224 train' (5,056 crops) / val' (722), {args.scheme}, random weights, the scratch recipe "
+                      f"with {VARIANTS[variant] or 'no change'}, batch 32, CPU bf16 autocast",
+        "source": "benchmarks/results/budget_curves_cpu.jsonl (benchmarks/budget_curves.py --publish)",
+        "recipe_changes": VARIANTS[variant], "accuracy": accuracy,
+    }
+    target = REPO / "kneelib" / "pipeline" / "assets" / "budget_curves.json"
+    target.parent.mkdir(exist_ok=True)
+    target.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"wrote {target}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/budget-curves"))
+    parser.add_argument("--jsonl", type=Path, default=REPO / "benchmarks" / "results" / "budget_curves_cpu.jsonl")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "epoch_seconds_cpu.json")
+    parser.add_argument("--arch", nargs="+", default=None)
+    parser.add_argument("--scheme", default="kl5")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[64])
+    parser.add_argument("--epochs", nargs="+", type=int, default=[8])
+    parser.add_argument("--variants", nargs="+", default=["scratch"], choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[21])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shared", action="store_true", help="the machine runs other work too (recorded)")
+    parser.add_argument("--timing", action="store_true", help="time every architecture's epoch; train nothing")
+    parser.add_argument("--publish", action="store_true",
+                        help="write kneelib/pipeline/assets/budget_curves.json from --jsonl's rows of --variants[0]")
+    args = parser.parse_args()
+    if args.publish:
+        return publish(args)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.timing:
+        args.arch = args.arch or list(ALL_ARCHS)
+        return timing(args)
+    args.arch = args.arch or ["resnet18"]
+    return curves(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""``--hours``: the image size and epochs that make a CPU sweep finish in about the time it is given.
+
+Two inputs decide: how long one epoch of each architecture takes at each candidate size on *this* machine (the
+projection's timed steps, :func:`kneelib.pipeline.progress.project_sweep`), and how accuracy grows with image
+size and epochs, measured once on the real crops and shipped with kneelib (``assets/budget_curves.json``,
+written by ``benchmarks/budget_curves.py --publish``; accuracy on val', the selection split). Among the measured
+sizes, every epoch count from the smallest to the largest measured is a candidate (accuracy interpolated in
+log-epochs between measured points, never extrapolated); the choice is the candidate of highest expected
+accuracy whose projected time fits, the cheaper one where two are within :data:`TIE` of each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kneelib.errors import KneelibError
+from kneelib.pipeline.profiles import Profile
+
+#: Epoch counts a budget may choose (those inside a size's measured range).
+CANDIDATE_EPOCHS = (2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
+#: Expected accuracies closer than this count as equal: the cheaper candidate wins.
+TIE = 0.005
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Measured accuracy (val') per architecture, image size and epochs, and the recipe it was measured with."""
+
+    accuracy: Mapping[str, Mapping[int, Mapping[int, float]]]  # arch -> size -> epochs -> accuracy
+    recipe_changes: Mapping[str, Any]  # the fields changed from the scratch recipe
+    conditions: str
+
+    @property
+    def sizes(self) -> list[int]:
+        """Image sizes measured for every architecture of the curves."""
+        per_arch = [set(by_size) for by_size in self.accuracy.values()]
+        return sorted(set.intersection(*per_arch)) if per_arch else []
+
+    def expected(self, size: int, epochs: int) -> float | None:
+        """Mean over the curves' architectures of the accuracy at ``size`` and ``epochs`` (None outside the
+        measured epochs of that size)."""
+        values = [_interpolate(by_size.get(size, {}), epochs) for by_size in self.accuracy.values()]
+        return None if not values or any(v is None for v in values) else sum(values) / len(values)
+
+
+def _interpolate(points: Mapping[int, float], epochs: int) -> float | None:
+    """Accuracy at ``epochs``, linear in log-epochs between the measured points; None outside them."""
+    xs = sorted(points)
+    if not xs or not xs[0] <= epochs <= xs[-1]:
+        return None
+    for lo, hi in zip(xs, xs[1:]):
+        if lo <= epochs <= hi:
+            t = (math.log(epochs) - math.log(lo)) / (math.log(hi) - math.log(lo))
+            return points[lo] + t * (points[hi] - points[lo])
+    return points[xs[0]]  # a single measured point
+
+
+def load_curves(document: Mapping[str, Any] | None = None) -> Curves:
+    """The shipped curves (or ``document`` in the same format), checked."""
+    if document is None:
+        text = resources.files("kneelib.pipeline").joinpath("assets/budget_curves.json").read_text()
+        document = json.loads(text)
+    try:
+        accuracy = {arch: {int(size): {int(e): float(a) for e, a in by_epochs.items()}
+                           for size, by_epochs in by_size.items()}
+                    for arch, by_size in document["accuracy"].items()}
+        return Curves(accuracy, dict(document.get("recipe_changes", {})), str(document.get("conditions", "")))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise KneelibError(f"budget curves: malformed ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The chosen settings and what they are projected to cost and give."""
+
+    hours: float
+    image_size: int
+    epochs: int
+    seconds: float  # projected training time of the whole grid
+    expected_accuracy: float | None
+    fits: bool  # False: even the cheapest measured setting is over the hours given
+    recipe_changes: Mapping[str, Any]
+
+    def describe(self) -> str:
+        """One line: the choice, its projected time against the budget, and what the curves expect of it."""
+        expected = (f"; val' accuracy {100 * self.expected_accuracy:.1f}% expected from the measured curves"
+                    if self.expected_accuracy is not None else "")
+        warning = "" if self.fits else " (over the budget: nothing measured fits in it; the cheapest shown)"
+        return (f"budget {self.hours:g} h: {self.image_size} px, {self.epochs} epochs, projected "
+                f"{self.seconds / 3600:.1f} h{warning}{expected}")
+
+
+def choose_budget(hours: float, grid_seconds: Callable[[int, int], float], curves: Curves,
+                  sizes: Sequence[int] | None = None) -> Budget:
+    """The :class:`Budget` for ``hours``: ``grid_seconds(size, epochs)`` projects the whole grid's training time."""
+    if not (hours > 0 and math.isfinite(hours)):
+        raise KneelibError(f"--hours must be a positive number, got {hours}")
+    options = []
+    for size in sizes or curves.sizes:
+        for epochs in CANDIDATE_EPOCHS:
+            expected = curves.expected(size, epochs)
+            if expected is not None:
+                options.append((expected, size, epochs, grid_seconds(size, epochs)))
+    if not options:
+        raise KneelibError("budget curves: no measured image size to choose from")
+    fitting = [o for o in options if o[3] <= hours * 3600]
+    if fitting:
+        best = max(o[0] for o in fitting)
+        chosen = min((o for o in fitting if o[0] >= best - TIE), key=lambda o: o[3])
+    else:
+        chosen = min(options, key=lambda o: o[3])
+    expected, size, epochs, seconds = chosen
+    return Budget(hours, size, epochs, seconds, expected, bool(fitting), curves.recipe_changes)
+
+
+def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu",
+         curves: Curves | None = None) -> tuple[Profile, Budget]:
+    """``profile`` with the image size, epochs and recipe changes that fit ``hours`` on this machine, and the
+    :class:`Budget` behind them. Reads ``data`` (nothing is written); times every architecture at each size."""
+    from kneelib.data.layout import discover
+    from kneelib.data.split import held_out_split
+    from kneelib.pipeline.progress import project_sweep, time_data
+
+    curves = curves or load_curves()
+    samples = discover(Path(data))
+    if profile.selection == "held-out" and "test" not in {s.split for s in samples}:
+        samples = held_out_split(samples, source=Path(data))
+    counts = {name: sum(s.split == name for s in samples) for name in ("train", "val", "test")}
+    runs_per_arch = len(profile.schemes) * len(profile.seeds)
+    train = [s for s in samples if s.split == "train"]
+    per_size = {}
+    for size in curves.sizes:  # one epoch of every architecture at each measured size
+        host = time_data(train, profile.schemes[0], image_size=size, clahe=profile.clahe)
+        per_size[size] = project_sweep(profile.archs, counts, epochs=1, image_size=size,
+                                       batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
+                                       jobs=max(1, profile.jobs), device=device, data=host)
+
+    def grid_seconds(size: int, epochs: int) -> float:
+        return dataclasses.replace(per_size[size], epochs=epochs).total_seconds
+
+    budget = choose_budget(hours, grid_seconds, curves)
+    changes = tuple(sorted({**dict(profile.recipe_changes), **dict(budget.recipe_changes)}.items()))
+    chosen = dataclasses.replace(profile, image_size=budget.image_size, epochs=budget.epochs,
+                                 recipe_changes=changes)
+    return chosen, budget

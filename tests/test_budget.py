@@ -1,0 +1,95 @@
+"""``reproduce --hours``: choosing the image size and epochs from the measured curves and the timed steps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from kneelib.cli import main
+from kneelib.errors import KneelibError
+from kneelib.pipeline import get_profile
+from kneelib.pipeline.budget import Curves, choose_budget, load_curves, plan
+
+CURVES = Curves(
+    accuracy={"resnet18": {64: {4: 0.50, 16: 0.58}, 128: {4: 0.48, 8: 0.60}},
+              "densenet121": {64: {4: 0.48, 16: 0.56}, 128: {4: 0.46, 8: 0.58}}},
+    recipe_changes={"augment": 0.0}, conditions="test")
+
+
+def seconds(size: int, epochs: int) -> float:
+    """A grid whose 128 px epoch costs 2.3x a 64 px one: 100 s per 64 px epoch."""
+    return epochs * 100.0 * (2.3 if size == 128 else 1.0)
+
+
+def test_expected_accuracy_interpolates_in_log_epochs_and_never_extrapolates() -> None:
+    assert CURVES.expected(64, 4) == pytest.approx(0.49)
+    assert CURVES.expected(64, 8) == pytest.approx((0.54 + 0.52) / 2)  # halfway in log2 between 4 and 16
+    assert CURVES.expected(64, 32) is None and CURVES.expected(64, 2) is None
+    assert CURVES.expected(96, 8) is None  # a size not measured
+    assert CURVES.sizes == [64, 128]
+
+
+def test_the_budget_picks_the_best_setting_that_fits() -> None:
+    tight = choose_budget(400 / 3600, seconds, CURVES)  # only 64 px x 4 fits
+    assert (tight.image_size, tight.epochs, tight.fits) == (64, 4, True)
+    roomy = choose_budget(1900 / 3600, seconds, CURVES)  # 128 px x 8 (1,840 s) beats 64 px x 16 (1,600 s)
+    assert (roomy.image_size, roomy.epochs) == (128, 8)
+    assert roomy.seconds <= 1900 and roomy.recipe_changes == {"augment": 0.0}
+    middle = choose_budget(1700 / 3600, seconds, CURVES)
+    assert (middle.image_size, middle.epochs) == (64, 16)
+    assert "64 px, 16 epochs" in middle.describe()
+
+
+def test_a_budget_below_every_measured_setting_says_so() -> None:
+    budget = choose_budget(60 / 3600, seconds, CURVES)
+    assert not budget.fits and (budget.image_size, budget.epochs) == (64, 4)
+    assert "over the budget" in budget.describe()
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(KneelibError, match="--hours"):
+            choose_budget(bad, seconds, CURVES)
+
+
+def test_the_shipped_curves_load_and_malformed_ones_are_refused() -> None:
+    shipped = load_curves()
+    assert shipped.sizes and all(0 < a < 1 for by_size in shipped.accuracy.values()
+                                 for by_e in by_size.values() for a in by_e.values())
+    with pytest.raises(KneelibError, match="malformed"):
+        load_curves({"accuracy": {"resnet18": {"sixty-four": {"4": 0.5}}}})
+
+
+def test_plan_times_every_size_and_returns_the_profile_to_run(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from kneelib.pipeline import progress
+    from kneelib.synthetic.crops import generate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(data, per_grade=4, size=64, seed=0, progress=False)
+    before = sorted(data.rglob("*"))
+
+    timed = []
+
+    def fake_steps(arch: str, *, image_size: int, **_: object) -> tuple[float, float]:
+        timed.append((arch, image_size))
+        return (1e-3 * (image_size / 64) ** 2, 1e-4)
+
+    monkeypatch.setattr(progress, "time_steps", fake_steps)
+    profile = get_profile("cpu", archs=["resnet18", "densenet121"], seeds=[21])
+    chosen, budget = plan(profile, data, 1.0, curves=CURVES)
+    assert {size for _, size in timed} == {64, 128}
+    assert (chosen.image_size, chosen.epochs) == (budget.image_size, budget.epochs)
+    assert dict(chosen.recipe_changes) == {"augment": 0.0} and budget.fits
+    assert sorted(data.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "--dry-run"], "--dry-run goes with --hours"),
+    (["reproduce", "--profile", "smoke", "--hours", "1"], "not the smoke profile"),
+    (["reproduce", "--profile", "cpu", "--hours", "1"], "--hours needs --data"),
+    (["reproduce", "--profile", "cpu", "--hours", "1", "--epochs", "3", "--data", "x"], "leave out --epochs"),
+])
+def test_hours_on_bad_input_is_one_error_line(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("kneelib: error:")
