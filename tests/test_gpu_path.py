@@ -122,3 +122,49 @@ def test_graph_capture_is_thread_local(monkeypatch: pytest.MonkeyPatch) -> None:
         step(x, y)
     assert [k["capture_error_mode"] for k in fake.graph_kwargs] == ["thread_local", "thread_local"]
     assert fake.replays == 2
+
+
+def _bn_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+
+
+def test_the_weight_ema_keeps_its_counter_on_the_device_and_never_syncs() -> None:
+    """On a GPU a counter on the host is copied to the device at every step, and reading it (``n == 0``)
+    waits for the device: on the meta device any such read raises, and on a CPU the guard does."""
+    model = _bn_model().to("meta")
+    ema = recipes.make_ema(model, 0.99)
+    assert ema.n_averaged.device.type == "meta"
+    ema.update_parameters(model)
+    ema.update_parameters(model)
+    model = _bn_model()
+    ema = recipes.make_ema(model, 0.99)
+    with forbid_host_sync():
+        for _ in range(3):
+            ema.update_parameters(model)
+
+
+def test_the_weight_ema_averages_as_before() -> None:
+    """The first update copies the weights, the n-th (n >= 1) moves them by 1 - min(decay, (1 + n) / (10 + n))
+    towards the model's; integer buffers are copied; the counter survives a state_dict round trip."""
+    decay = 0.9
+    model = _bn_model()
+    ema = recipes.make_ema(model, decay)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(2)
+    for n in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+        model.train()(torch.randn(16, 6, generator=g))  # BN statistics and num_batches_tracked move
+        ema.update_parameters(model)
+        d = min(decay, (1 + n) / (10 + n)) if n else 0.0
+        for k, v in model.state_dict().items():
+            expected[k] = expected[k] * d + v * (1 - d) if v.is_floating_point() else v.clone()
+    state = ema.module.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(state[k], v, rtol=1e-5, atol=1e-6)
+    assert int(ema.n_averaged) == 6
+    again = recipes.make_ema(_bn_model(), decay)
+    again.load_state_dict(copy.deepcopy(ema.state_dict()))
+    assert int(again.n_averaged) == 6

@@ -97,28 +97,40 @@ def make_ema(model: nn.Module, decay: float) -> nn.Module | None:
     """An exponential moving average of the weights and BN statistics (None when ``decay`` is 0).
 
     The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as timm's ModelEma),
-    so a short run's average is not dominated by the random initial weights."""
+    so a short run's average is not dominated by the random initial weights; the first update copies the
+    weights. The update count lives on the model's device and the update reads nothing back, so on a GPU a
+    step neither copies the count to the device nor waits for it (``AveragedModel`` keeps it on the host
+    and tests ``n == 0`` at every update)."""
     if not decay:
         return None
+    import itertools
+
     import torch
     from torch.optim.swa_utils import AveragedModel
 
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor | int) -> None:
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
         floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
-        if floats and isinstance(n, torch.Tensor) and n.is_cuda:  # no host sync per step on a GPU
-            weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=decay)
+        if floats:
+            weight = torch.where(n == 0, 1.0, 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=decay))
             delta = torch._foreach_sub([c for _, c in floats], [a for a, _ in floats])
             torch._foreach_mul_(delta, weight)
             torch._foreach_add_([a for a, _ in floats], delta)
-        elif floats:
-            steps = float(n)
-            d = min(decay, (1.0 + steps) / (10.0 + steps))
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
         for a, c in zip(averaged, current):
             if not a.is_floating_point():
                 a.copy_(c)
 
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    class DeviceAveragedModel(AveragedModel):
+        """``AveragedModel`` (same state_dict) whose update stays on the device."""
+
+        @torch.no_grad()
+        def update_parameters(self, model: nn.Module) -> None:
+            averaged = [t.detach() for t in itertools.chain(self.module.parameters(), self.module.buffers())]
+            current = [t.detach() for t in itertools.chain(model.parameters(), model.buffers())]
+            update(averaged, current, self.n_averaged)
+            self.n_averaged += 1
+
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
+    return DeviceAveragedModel(model, device=device, multi_avg_fn=update, use_buffers=True)
 
 
 def lr_to_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
