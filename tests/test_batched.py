@@ -261,3 +261,12 @@ def test_out_of_gpu_memory_is_one_line_and_the_run_stays_resumable(data: Path, t
     monkeypatch.setattr(train_loop, "_run_epoch", real)
     train(TrainConfig(**TINY), data_dir=data, out_dir=out, resume=True, progress=False, verbose=False)
     assert json.loads((out / "status.json").read_text())["finished"] is True
+
+
+def test_augmentation_strength_scales_the_batched_draws_as_the_per_image_path() -> None:
+    from kneelib.data.batched import BatchedAugmentation
+
+    full, none, half = (BatchedAugmentation.of_strength(s) for s in (1.0, 0.0, 0.5))
+    assert (full.degrees, full.scale, full.brightness, full.contrast) == (10.0, (0.9, 1.1), 0.33, 0.33)
+    assert (none.degrees, none.scale, none.brightness, none.contrast, none.flip) == (0.0, (1.0, 1.0), 0.0, 0.0, 0.5)
+    assert half.degrees == 5.0 and half.scale == pytest.approx((0.95, 1.05))

@@ -192,3 +192,20 @@ def test_unreadable_file_is_a_kneelib_error(tiny: Path) -> None:
     samples[0].path.write_bytes(b"not an image")
     with pytest.raises(KneelibError, match=samples[0].path.name):
         KneeDataset(samples, "kl5", image_size=64, train=False, clahe=False, cache=DecodeCache())
+
+
+def test_augmentation_strength() -> None:
+    from torchvision.transforms import v2
+
+    from kneelib.data.transforms import paper_augmentation
+    from kneelib.errors import KneelibError
+    from kneelib.train import TrainConfig
+
+    assert isinstance(paper_augmentation(0.0), v2.RandomHorizontalFlip)  # the flip alone
+    paper, half = paper_augmentation(), paper_augmentation(0.5)
+    affine = [t for t in half.transforms if isinstance(t, v2.RandomAffine)][0]
+    assert list(affine.degrees) == [-5.0, 5.0] and affine.scale == (0.95, 1.05)
+    assert [type(t) for t in paper.transforms] == [type(t) for t in half.transforms]
+    assert TrainConfig.from_recipe("scratch", arch="resnet18", augment=0.0).validate().augment == 0.0
+    with pytest.raises(KneelibError, match="augmentation strength"):
+        TrainConfig(arch="resnet18", augment=-1.0).validate()

@@ -78,6 +78,13 @@ class BatchedAugmentation(nn.Module):
         self.degrees, self.scale = float(degrees), (lo, hi)
         self.brightness, self.contrast, self.flip = float(brightness), float(contrast), float(flip)
 
+    @classmethod
+    def of_strength(cls, strength: float) -> BatchedAugmentation:
+        """The paper's augmentation with rotation, scale range and jitter scaled by ``strength`` (0: the flip
+        alone), as :func:`kneelib.data.transforms.paper_augmentation`."""
+        return cls(degrees=DEGREES * strength, scale=(1 - 0.1 * strength, 1 + 0.1 * strength),
+                   brightness=JITTER * strength, contrast=JITTER * strength)
+
     @property
     def warps(self) -> bool:
         return self.degrees > 0 or self.scale != (1.0, 1.0)

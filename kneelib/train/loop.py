@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from kneelib.data.batched import DeviceBatches
+from kneelib.data.batched import BatchedAugmentation, DeviceBatches
 from kneelib.data.dataset import DecodeCache, KneeDataset
 from kneelib.data.layout import discover, select_split
 from kneelib.data.schemes import get_scheme
@@ -257,7 +257,8 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
                 for name, s in splits.items()}
     on_device = config.data_on_device if config.data_on_device is not None else cuda
     graphs = cuda and config.cuda_graphs
-    device_data = ({name: DeviceBatches(ds.images, ds.targets, device, augment=ds.train, seed=config.seed)
+    device_data = ({name: DeviceBatches(ds.images, ds.targets, device, seed=config.seed,
+                                        augment=ds.train and BatchedAugmentation.of_strength(config.augment))
                     for name, ds in datasets.items()} if on_device else None)
     autocast = runtime.autocast_dtype(config.precision, device)
     arithmetic = "bf16 autocast" if autocast is torch.bfloat16 else "fp32"
