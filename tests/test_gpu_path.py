@@ -168,3 +168,23 @@ def test_the_weight_ema_averages_as_before() -> None:
     again = recipes.make_ema(_bn_model(), decay)
     again.load_state_dict(copy.deepcopy(ema.state_dict()))
     assert int(again.n_averaged) == 6
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_autocast_on_a_gpu_is_bf16_only_where_the_gpu_has_it(monkeypatch: pytest.MonkeyPatch, has_bf16: bool) -> None:
+    """Pre-Ampere GPUs (compute capability < 8.0) emulate bf16: ``auto`` trains them in fp32 (fp16 would need a
+    GradScaler, whose inf check and skipped steps do not fit a captured step)."""
+    asked = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return has_bf16 or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    cuda = torch.device("cuda")
+    assert runtime.autocast_dtype("auto", cuda) is (torch.bfloat16 if has_bf16 else None)
+    assert asked and not any(asked)  # emulated bf16 does not count
+    assert runtime.autocast_dtype("fp32", cuda) is None
+    assert runtime.autocast_dtype("bf16", cuda) is torch.bfloat16  # asked for explicitly: as asked
+    step = steps.EagerStep(torch.nn.Linear(2, 2), None, cuda, precision="auto")
+    assert step.dtype is (torch.bfloat16 if has_bf16 else None)

@@ -39,7 +39,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     notebook checks) and where the processor lacks bf16 instructions (emulated bf16 is slower than fp32).
     On a CPU with AVX512-BF16, bf16 autocast with channels-last took a steady training epoch of ResNet-18 and
     of DenseNet-121 (64 px, batch 32, 2 threads, data pipeline included) 1.6x less time than fp32, at the same
-    held-out accuracy within 0.5 points (benchmarks/results/precision_cpu.json)."""
+    held-out accuracy within 0.5 points (benchmarks/results/precision_cpu.json).
+
+    On a GPU, ``auto`` is bf16 autocast where the GPU computes in bf16 natively (compute capability 8.0 and
+    later: Ampere, Hopper), else fp32. Not fp16 there: fp16 needs a GradScaler, whose check for infinite
+    gradients and skipped steps do not fit a step captured in a CUDA graph (every replay must run the same
+    kernels), and the GPUs without bf16 are the older, slower ones the ``paper`` profile does not target."""
     from kneelib import cpu_pin
     from kneelib.train.config import PRECISIONS
 
@@ -47,8 +52,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise KneelibError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
     if precision == "fp32":
         return None
-    if precision == "bf16" or device.type == "cuda":
+    if precision == "bf16":
         return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else None
     return torch.bfloat16 if cpu_pin.native_bf16() and not cpu_pin.in_effect() else None
 
 
