@@ -93,3 +93,13 @@ def test_hours_on_bad_input_is_one_error_line(argv: list[str], message: str, cap
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("kneelib: error:")
+
+
+def test_the_chosen_recipe_changes_reach_the_training_notebook(tmp_path: Path) -> None:
+    from kneelib.pipeline.notebooks import train_parameters
+    from kneelib.pipeline.profiles import Layout
+
+    profile = get_profile("cpu", recipe_changes=(("augment", 0.0), ("warmup_epochs", 0)))
+    params = train_parameters(profile, Layout(tmp_path), tmp_path, "resnet18", "kl5", device="cpu")
+    assert params["recipe_changes"] == {"augment": 0.0, "warmup_epochs": 0}
+    assert get_profile("cpu").recipe_changes == ()
