@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -153,6 +154,17 @@ def test_write_split_link_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_write_split_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     samples = grouped_split(tiny_dataset(tmp_path / "pool", 6), (0.7, 0.1, 0.2))
     samples[-1] = Sample(tmp_path / "pool" / "0" / "gone.png", 0, "x", None, "train")
+    with pytest.raises(KneelibError, match="gone.png: no such file"):  # checked before anything is written
+        write_split(samples, tmp_path / "out", info={}, link="copy")
+    cv2.imwrite(str(samples[-1].path), np.zeros((64, 64), np.uint8))
+    copy = shutil.copy2
+
+    def copy_fails_last(src: Path, dest: Path) -> object:
+        if Path(src).name == "gone.png":
+            raise OSError(5, "Input/output error")
+        return copy(src, dest)
+
+    monkeypatch.setattr(shutil, "copy2", copy_fails_last)
     with pytest.raises(KneelibError, match="gone.png: cannot link or copy"):
         write_split(samples, tmp_path / "out", info={}, link="copy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool"]

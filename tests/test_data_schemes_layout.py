@@ -155,14 +155,17 @@ def test_discover_pool_and_manifest(tmp_path: Path) -> None:
     samples = discover(pool)
     assert [s.grade for s in samples] == [0, 1, 2, 3, 4] and all(s.split is None for s in samples)
 
-    csv = tmp_path / "lists" / "m.csv"
-    csv.parent.mkdir()
+    csv = tmp_path / "m.csv"
     csv.write_text("path,grade,patient_id,split\n"
-                   f"../pool/3/9000003L.jpg,3,P7,val\n{pool / '0' / '9000000L.jpg'},0,,train\n")
+                   f"pool/3/9000003L.jpg,3,P7,val\n{pool / '0' / '9000000L.jpg'},0,,train\n")
     listed = discover(csv)
     assert [(s.split, s.grade, s.patient_id, s.side) for s in listed] == [
         ("train", 0, "9000000", "L"), ("val", 3, "P7", "L")]
     assert listed[1].path.is_file()
+    (tmp_path / "lists").mkdir()  # a relative path may not leave the manifest's folder
+    (tmp_path / "lists" / "m.csv").write_text("path,grade\n../pool/3/9000003L.jpg,3\n")
+    with pytest.raises(KneelibError, match="line 2: '../pool/3/9000003L.jpg' points outside"):
+        discover(tmp_path / "lists" / "m.csv")
 
 
 @pytest.mark.parametrize("text, message", [

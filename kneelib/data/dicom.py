@@ -14,17 +14,21 @@ decode when pydicom has a decoder plugin (Pillow covers JPEG baseline and JPEG 2
 in); otherwise the error names the syntax and the missing plugins. *Presentation LUT Shape* is
 ignored. Spacing: *Pixel Spacing*, else *Imager Pixel Spacing* divided by *Estimated Radiographic
 Magnification Factor* when given (the detector-plane spacing overstates anatomy by that factor).
+*Rows* x *Columns* is checked against the pixel budget (:data:`kneelib.data.pixels.MAX_PIXELS`) before
+the pixel data is decoded; a warning of pydicom's while decoding (pixel data that does not fit the
+header) refuses the file, and its warnings on odd header values are not shown.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kneelib.data.pixels import ImageReadError, require_file, to_gray_uint8
+from kneelib.data.pixels import ImageReadError, check_pixel_budget, require_file, to_gray_uint8
 
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -61,21 +65,42 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in DICOM_SUFFIXES or has_dicom_magic(path)
 
 
-def _dataset(path: Path):
+def _dataset(path: Path, *, pixels: bool = True):
+    """The parsed file (pydicom's warnings on odd header values dropped; what matters is checked here)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
     except InvalidDicomError:
         raise ImageReadError(path, "unreadable", "not a DICOM file (no 'DICM' marker at byte 128)") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         text = " ".join(str(exc).split())
         raise ImageReadError(path, "truncated", f"truncated or corrupt DICOM file ({text})") from None
-    if "PixelData" not in ds:
+    if pixels and "PixelData" not in ds:
         raise ImageReadError(path, "no-pixels", "DICOM file has no pixel data (no PixelData element: "
                                                 "a report, structured report or header-only file?)")
     return ds
+
+
+def _size(path: Path, ds) -> tuple[int, int]:
+    """``(Columns, Rows)`` of the header, within the pixel budget (checked before any pixel is decoded)."""
+    try:
+        width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
+    except (TypeError, ValueError):
+        raise ImageReadError(path, "unreadable", "invalid Rows/Columns in the DICOM header") from None
+    if width <= 0 or height <= 0:
+        raise ImageReadError(path, "empty", f"DICOM header gives no image size (Rows {height}, Columns {width})")
+    check_pixel_budget(path, width, height)
+    return width, height
+
+
+def dicom_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` from the header alone (the pixel data is not read); :class:`ImageReadError` if bad."""
+    path = require_file(path)
+    return _size(path, _dataset(path, pixels=False))
 
 
 def _frame(path: Path, ds) -> np.ndarray:
@@ -86,6 +111,7 @@ def _frame(path: Path, ds) -> np.ndarray:
     if frames > 1:
         raise ImageReadError(path, "multiframe", f"multi-frame DICOM ({frames} frames); kneelib reads "
                                                  "single-frame radiographs only — extract the frame first")
+    _size(path, ds)
     ts = ds.file_meta.get("TransferSyntaxUID")
     if ts is not None and ts.is_compressed:
         try:
@@ -96,11 +122,13 @@ def _frame(path: Path, ds) -> np.ndarray:
             needs = "; ".join(decoder.missing_dependencies) if decoder else "no pydicom decoder exists"
             raise ImageReadError(path, "compressed", f"compressed transfer syntax {ts.name} ({ts}) needs a "
                                                      f"decoder plugin that is not installed ({needs})")
+    what = f"{ts.name} ({ts}) " if ts is not None and ts.is_compressed else ""
     try:
-        return np.asarray(ds.pixel_array)
+        with warnings.catch_warnings():  # pydicom warns of pixel data that does not fit its header: refused
+            warnings.simplefilter("error", UserWarning)
+            return np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom and its plugins raise many types for bad pixel data
         text = " ".join(str(exc).split())
-        what = f"{ts.name} ({ts}) " if ts is not None and ts.is_compressed else ""
         reason = "truncated" if "less than expected" in text else "unreadable"
         raise ImageReadError(path, reason, f"cannot decode {what}pixel data ({text})") from None
 

@@ -5,7 +5,9 @@ Layouts (auto-detected by :func:`discover`):
 * ``DIR/{train,val,test}/{0..4}/*`` — any subset of the splits;
 * ``DIR/{0..4}/*`` — a pool without splits (``Sample.split`` is None);
 * a manifest CSV with columns ``path, grade[, patient_id, side, split]`` (relative paths resolve
-  against the CSV's folder); a folder with neither kind of sub-folder but a ``manifest.csv`` uses it.
+  against the CSV's folder and must stay inside it; every path must name an image file:
+  :func:`listed_path`, the rule every manifest reader applies); a folder with neither kind of
+  sub-folder but a ``manifest.csv`` uses it.
 
 Only files with an image suffix (:data:`kneelib.data.io.IMAGE_SUFFIXES`) count; other files and
 hidden entries are ignored. Patient id and side come from ``<7-digit id><L|R>`` file names; when a
@@ -88,6 +90,30 @@ def _scan_grades(folder: Path, split: str | None) -> list[Sample]:
     return samples
 
 
+def listed_path(root: Path, raw: str, where: str, *, folders: bool = True, absolute: bool = True) -> Path:
+    """The image file a manifest row names, as a path under ``root``: the one rule for every manifest reader.
+
+    ``raw`` must name an image file (:func:`~kneelib.data.io.is_image_file`); a relative path must stay
+    inside ``root`` once ``.``/``..`` are resolved (lexically: symbolic links inside ``root`` may point
+    anywhere, as ``kneelib split`` writes them); ``folders=False`` allows a bare file name only and
+    ``absolute=False`` refuses absolute paths. KneelibError naming ``where`` (file and line) otherwise."""
+    text = raw.strip()
+    if not text or "\0" in text:
+        raise KneelibError(f"{where}: empty or invalid file path {raw!r}")
+    path = Path(os.path.normpath(text))
+    if path.is_absolute():
+        if not absolute:
+            raise KneelibError(f"{where}: {text!r} is an absolute path; a file name is expected here")
+    elif path.parts[0] == ".." or path == Path("."):
+        raise KneelibError(f"{where}: {text!r} points outside {root} (a relative path must stay "
+                           "inside the manifest's folder; name a file elsewhere by its absolute path)")
+    elif not folders and len(path.parts) > 1:
+        raise KneelibError(f"{where}: {text!r} is not a bare file name")
+    if not is_image_file(path.name):
+        raise KneelibError(f"{where}: {text!r} is not an image file name (.png/.jpg/.jpeg/.dcm/.dicom)")
+    return path if path.is_absolute() else root / path
+
+
 def _looks_like_grade(name: str) -> bool:
     return name.isdigit() or name in GRADE_DIRS
 
@@ -115,8 +141,7 @@ def read_manifest(csv_path: str | os.PathLike) -> list[Sample]:
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
             raise KneelibError(f"{csv_path}: line {row_no}: split {split!r} is not one of {', '.join(SPLITS)}")
-        path = Path(row["path"].strip())
-        path = path if path.is_absolute() else base / path
+        path = listed_path(base, row["path"], f"{csv_path}: line {row_no}")
         if not path.is_file():
             not_found.append(f"line {row_no}: {row['path']}")
             continue

@@ -1,7 +1,8 @@
 """The manifest of the paper's data set (Chen 2018, doi:10.17632/56rmx5bjcr.1), shipped in the package.
 
 ``assets/paper_manifest.csv.gz`` lists all 8,260 ``kneeKL224`` crops — the withheld test split included —
-one row each: ``split, grade, file, patient_id, side, bytes, sha256, pixels, thumb``. ``bytes`` and
+one row each: ``split, grade, file, patient_id, side, bytes, sha256, pixels, thumb`` (``file`` a bare image
+file name: :func:`kneelib.data.layout.listed_path` refuses any other). ``bytes`` and
 ``sha256`` are the file's; the two pixel columns exist for train and val only (their images were at hand
 when it was made; the test images were not):
 
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kneelib.data.layout import GRADE_DIRS, SPLITS, parse_knee_name
+from kneelib.data.layout import GRADE_DIRS, SPLITS, listed_path, parse_knee_name
 from kneelib.errors import KneelibError
 
 PAPER_MANIFEST = Path(__file__).with_name("assets") / "paper_manifest.csv.gz"
@@ -99,6 +100,7 @@ def _parse_row(row: dict[str, str], where: str) -> Entry:
     split, grade, file = row["split"].strip(), row["grade"].strip(), row["file"].strip()
     if split not in SPLITS or grade not in GRADE_DIRS or not file:
         raise KneelibError(f"{where}: bad row (split {split!r}, grade {grade!r}, file {file!r})")
+    listed_path(Path(split, grade), file, where, folders=False, absolute=False)  # prepare writes it there
     parsed_id, parsed_side = parse_knee_name(Path(file).stem)
     thumb = (row.get("thumb") or "").strip()
     try:

@@ -15,10 +15,16 @@ from PIL import Image
 from kneelib.errors import KneelibError
 
 
+#: The most pixels kneelib decodes from one image file, checked on its header before any decoding:
+#: 8000x8000, room for any radiograph (a 43x43 cm detector at 0.1 mm is 4300x4300, 18.5 MP), while a
+#: decompression bomb (a few KB of PNG that decode to gigabytes) is refused.
+MAX_PIXELS = 64_000_000
+
+
 class ImageReadError(KneelibError):
     """A file that cannot be read as an image; ``reason`` is one of ``missing``, ``empty``,
-    ``unreadable``, ``truncated``, ``wrong-mode`` and, for DICOM, ``no-pixels``, ``compressed``
-    (no decoder for its transfer syntax) or ``multiframe``."""
+    ``unreadable``, ``truncated``, ``wrong-mode``, ``too-large`` (over :data:`MAX_PIXELS`) and, for
+    DICOM, ``no-pixels``, ``compressed`` (no decoder for its transfer syntax) or ``multiframe``."""
 
     def __init__(self, path: str | os.PathLike, reason: str, detail: str) -> None:
         super().__init__(f"{path}: {detail}")
@@ -39,6 +45,18 @@ def require_file(path: str | os.PathLike) -> Path:
     if size == 0:
         raise ImageReadError(path, "empty", "empty file (0 bytes)")
     return path
+
+
+def check_pixel_budget(path: str | os.PathLike, width: int, height: int) -> None:
+    """:class:`ImageReadError` (``too-large``) when a ``width`` x ``height`` image exceeds :data:`MAX_PIXELS`."""
+    if int(width) * int(height) > MAX_PIXELS:
+        raise too_large(path, f"{int(width)}x{int(height)} pixels")
+
+
+def too_large(path: str | os.PathLike, size: str) -> ImageReadError:
+    """The error for an image of ``size`` (e.g. ``"30000x30000 pixels"``) over the budget."""
+    return ImageReadError(path, "too-large", f"{size} is over the {MAX_PIXELS // 1_000_000}-megapixel limit "
+                                             "of one image (a decompression bomb?)")
 
 
 def to_gray_uint8(pixels: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kneelib.atomic import atomic_dir
-from kneelib.data.io import read_image
+from kneelib.data.io import image_size, read_image
 from kneelib.data.layout import SPLITS, Sample
 from kneelib.data.split import check_output_location, place_file
 from kneelib.data.verify import PRIMARY, WORKERS, Placement, VerifyReport, run_parallel, verify
@@ -80,6 +80,10 @@ def _write_one(p: Placement, root: Path, clahe: bool, mode: list[str]) -> str:
     dest = root / p.entry.split / str(p.entry.grade) / p.entry.file
     dest.parent.mkdir(parents=True, exist_ok=True)
     if p.identical:
+        try:
+            image_size(p.found.path)  # the manifest's bytes, but only an image enters OUT
+        except KneelibError:
+            return "unreadable"
         place_file(p.found.path.resolve(), dest, mode)
         return "linked"
     try:

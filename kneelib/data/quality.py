@@ -1,7 +1,8 @@
-"""Quality filter (``kneelib filter``): flag corrupt, tiny, blank, colour and blurred images.
+"""Quality filter (``kneelib filter``): flag corrupt, tiny, blank, colour, blurred and too large images.
 
 Nothing is deleted; the result is a report (CSV: ``file, reason, score, detail`` — one row per image,
-``reason`` is ``ok`` or the first problem found — plus a JSON sidecar with the blur threshold and
+``reason`` is ``ok`` or the first problem found, e.g. ``too-large`` for an image over the pixel budget of
+:mod:`kneelib.data.io`, a decompression bomb — plus a JSON sidecar with the blur threshold and
 how it was chosen). ``kneelib split --exclude REPORT`` skips every file whose reason is not ``ok``.
 
 Blur measure (``score``): variance of ``cv2.Laplacian`` (CV_64F) on the grayscale image scaled so that

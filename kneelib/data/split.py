@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kneelib.atomic import atomic_dir, write_text
+from kneelib.data.io import image_size
 from kneelib.data.layout import MANIFEST_NAME, SPLITS, Sample, sort_key
 from kneelib.errors import KneelibError
 
@@ -238,12 +239,25 @@ def check_output_location(out: Path, samples: Sequence[Sample], source: str | os
             raise KneelibError(f"{out}: output folder contains input images ({folder}); write it somewhere else")
 
 
+def require_images(samples: Sequence[Sample]) -> None:
+    """KneelibError naming the first sample whose file is not an image by its header (or is over the pixel
+    budget): a data set takes image files only, whatever their names say."""
+    for s in samples:
+        try:
+            image_size(s.path)
+        except KneelibError as exc:
+            raise KneelibError(f"{exc}; a data set takes image files only (`kneelib filter` finds such files, "
+                               "`--exclude` skips them)") from None
+
+
 def write_split(samples: Sequence[Sample], out: str | os.PathLike, *, info: dict, link: str = "symlink",
                 overwrite: bool = False, source: str | os.PathLike | None = None) -> tuple[Path, str]:
     """Write ``OUT/{split}/{grade}/`` links (symlink, else hardlink, else copy) plus ``manifest.csv``
-    and ``split.json``, atomically; return OUT and the link mode used."""
+    and ``split.json``, atomically; return OUT and the link mode used. Every file must be an image
+    (:func:`require_images`)."""
     out = Path(out)
     check_output_location(out, samples, source)
+    require_images(samples)
     mode, rows, used = [link], [], set()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for s in samples:

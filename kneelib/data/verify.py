@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from kneelib.data import verify_text
-from kneelib.data.io import is_image_file
+from kneelib.data.io import image_size, is_image_file
 from kneelib.data.layout import GRADE_DIRS, MANIFEST_NAME, SPLITS, read_manifest
 from kneelib.data.paper_manifest import Entry, PaperManifest, load_manifest
 from kneelib.data.pixel_check import ClaheCheck, PixelCheck, check_file, clahe_verdict, sample_evenly
@@ -319,12 +319,9 @@ def _extra_folders(found: list[Found], hashes: dict[Path, str | None], paper: Pa
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
-    from PIL import Image
-
     try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError):
+        return image_size(path)
+    except KneelibError:  # unreadable or over the pixel budget: the pixel check describes it
         return None
 
 
