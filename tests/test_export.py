@@ -122,7 +122,7 @@ def test_sidecar_that_does_not_fit_is_an_error(exported: dict, tmp_path: Path) -
     for change, message in (
         ({"classes": ["a", "b", "c", "d", "e"]}, "do not match scheme"),
         ({"normalization": {"mean": 0.485, "std": 0.229}}, "normalization"),
-        ({"format": "tflite"}, "unknown format"),
+        ({"format": "tflite"}, "field .format. must be one of onnx, torchscript"),
         ({"sha256": None}, "sha256"),
     ):
         sidecar_path(out).write_text(json.dumps({**good, **change}))

@@ -11,6 +11,7 @@ The ensemble arithmetic is in :mod:`kneelib.evaluate.ensemble`, metrics document
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kneelib.data.io import read_image
-from kneelib.data.schemes import Scheme, get_scheme
+from kneelib.data.schemes import SCHEME_NAMES, Scheme, get_scheme
 from kneelib.data.transforms import NORMALIZE, preprocess, to_tensor
 from kneelib.errors import KneelibError
 from kneelib.evaluate.calibration import load_temperature
-from kneelib.models.registry import build_model
+from kneelib.models.registry import build_model, list_models
 from kneelib.models.weights import normalize_keys
 from kneelib.train.checkpoint import BEST, CONFIG, load_checkpoint, read_json
 from kneelib.train.runtime import resolve_device
@@ -78,19 +79,72 @@ def _one_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / CONFIG_FILE
+#: A field check: (test of the value, what the value must be).
+FieldRule = tuple[Callable[[Any], bool], str]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_image_size(value: Any) -> bool:
+    return _is_int(value) and 16 <= value <= 4096
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _is_normalize(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(value.get(k), (int, float)) for k in ("mean", "std"))
+
+
+def check_fields(doc: dict[str, Any], path: Path, rules: dict[str, FieldRule], required: Sequence[str]) -> None:
+    """KneelibError naming ``path`` and the field unless ``doc`` has every ``required`` field and each field
+    with a rule passes it (type and value)."""
+    missing = [k for k in required if k not in doc]
+    if missing:
+        raise KneelibError(f"{path}: lacks the field(s) {', '.join(missing)}")
+    for field, (ok, what) in rules.items():
+        if field in doc and not ok(doc[field]):
+            shown = json.dumps(doc[field])
+            raise KneelibError(f"{path}: field {field!r} must be {what}, got "
+                               f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
+
+
+#: What inference reads from a run's ``config.json``.
+RUN_CONFIG_RULES: dict[str, FieldRule] = {
+    "arch": (lambda v: v in list_models(), f"one of {', '.join(list_models())}"),
+    "scheme": (lambda v: v in SCHEME_NAMES, f"one of {', '.join(SCHEME_NAMES)}"),
+    "image_size": (_is_image_size, "an integer from 16 to 4096"),
+    "clahe": (lambda v: isinstance(v, bool), "true or false"),
+    "class_names": (_is_names, "a list of class names"),
+    "num_classes": (lambda v: _is_int(v) and v >= 2, "an integer of at least 2"),
+    "normalize": (_is_normalize, 'an object {"mean": number, "std": number}'),
+}
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``config.json``, validated for inference: every field it uses of the right type and value, and
+    consistent with the scheme; KneelibError naming the file and the field otherwise."""
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise KneelibError(f"{path}: run config not found (is {run_dir} a training run directory?)")
     config = read_json(path)
-    missing = [k for k in ("arch", "scheme", "image_size") if k not in config]
-    if missing:
-        raise KneelibError(f"{path}: run config lacks {', '.join(missing)}")
+    check_fields(config, path, RUN_CONFIG_RULES, required=("arch", "scheme", "image_size"))
     mean, std = NORMALIZE
     recorded = config.get("normalize")
     if isinstance(recorded, dict) and (recorded.get("mean"), recorded.get("std")) != (mean, std):
-        raise KneelibError(f"{path}: the run was trained with normalize {recorded}, but this kneelib's "
+        raise KneelibError(f"{path}: field 'normalize': the run was trained with {recorded}, but this kneelib's "
                            f"preprocessing uses mean {mean} std {std}")
+    scheme = get_scheme(config["scheme"])
+    names = config.get("class_names")
+    if names is not None and tuple(names) != tuple(scheme.class_names):
+        raise KneelibError(f"{path}: field 'class_names' {names} does not match scheme "
+                           f"{scheme.name} {list(scheme.class_names)}")
+    if config.get("num_classes", scheme.num_classes) != scheme.num_classes:
+        raise KneelibError(f"{path}: field 'num_classes' is {config['num_classes']} but scheme {scheme.name} "
+                           f"has {scheme.num_classes}")
     return config
 
 
@@ -126,16 +180,9 @@ def load_run(
     path = Path(run_dir)
     if not path.is_dir():
         raise KneelibError(f"{path}: run directory not found")
-    config = _read_config(path)
-    scheme = get_scheme(str(config["scheme"]))
-    recorded = config.get("class_names")
-    if recorded is not None and tuple(recorded) != tuple(scheme.class_names):
-        raise KneelibError(f"{path / CONFIG_FILE}: class_names {list(recorded)} do not match scheme "
-                           f"{scheme.name} {list(scheme.class_names)}")
-    num_classes = int(config.get("num_classes", scheme.num_classes))
-    if num_classes != scheme.num_classes:
-        raise KneelibError(f"{path / CONFIG_FILE}: num_classes {num_classes} but scheme {scheme.name} "
-                           f"has {scheme.num_classes}")
+    config = read_run_config(path)
+    scheme = get_scheme(config["scheme"])
+    num_classes = scheme.num_classes
     ckpt = path / CHECKPOINT_FILE
     if not ckpt.is_file():
         raise KneelibError(f"{ckpt}: checkpoint not found (did training finish an epoch?)")

@@ -26,12 +26,14 @@ import torch
 from torch import nn
 
 from kneelib import __version__, atomic
-from kneelib.data.schemes import get_scheme
+from kneelib.data.schemes import SCHEME_NAMES, get_scheme
 from kneelib.data.transforms import NORMALIZE
 from kneelib.errors import KneelibError
 from kneelib.evaluate import (
     CHECKPOINT_FILE,
+    RUN_CONFIG_RULES,
     ImageSource,
+    check_fields,
     input_batch,
     load_runs,
     softmax,
@@ -47,6 +49,18 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 #: Largest |logit| difference between the exported and the PyTorch model accepted at export time.
 VERIFY_TOLERANCE = 1e-3
 _REQUIRED = ("format", "sha256", "scheme", "classes", "image_size", "clahe", "normalization", "members")
+#: The sidecar's fields: type and value (:func:`kneelib.evaluate.runs.check_fields`).
+_SIDECAR_RULES = {
+    "format": (lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}"),
+    "sha256": (lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+               "64 lower-case hex digits"),
+    "scheme": (lambda v: v in SCHEME_NAMES, f"one of {', '.join(SCHEME_NAMES)}"),
+    "classes": RUN_CONFIG_RULES["class_names"],
+    "image_size": RUN_CONFIG_RULES["image_size"],
+    "clahe": RUN_CONFIG_RULES["clahe"],
+    "normalization": RUN_CONFIG_RULES["normalize"],
+    "members": (lambda v: isinstance(v, list) and all(isinstance(m, dict) for m in v), "a list of objects"),
+}
 
 
 class EnsembleLogits(nn.Module):
@@ -211,17 +225,14 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
         raise KneelibError(f"{side}: not a kneelib export sidecar (lacks {', '.join(missing)})")
-    if meta["format"] not in FORMATS:
-        raise KneelibError(f"{side}: unknown format {meta['format']!r}")
+    check_fields(meta, side, _SIDECAR_RULES, required=_REQUIRED)
     norm = meta["normalization"]
-    if not isinstance(norm, dict) or (norm.get("mean"), norm.get("std")) != NORMALIZE:
-        raise KneelibError(f"{side}: normalization {norm} differs from this kneelib's mean/std {NORMALIZE}")
-    scheme = get_scheme(str(meta["scheme"]))
+    if (norm.get("mean"), norm.get("std")) != NORMALIZE:
+        raise KneelibError(f"{side}: field 'normalization' {norm} differs from this kneelib's mean/std {NORMALIZE}")
+    scheme = get_scheme(meta["scheme"])
     if list(meta["classes"]) != list(scheme.class_names):
-        raise KneelibError(f"{side}: classes {meta['classes']} do not match scheme {scheme.name} "
+        raise KneelibError(f"{side}: field 'classes': {meta['classes']} do not match scheme {scheme.name} "
                            f"{list(scheme.class_names)}")
-    if not isinstance(meta["image_size"], int) or meta["image_size"] < 1:
-        raise KneelibError(f"{side}: image_size must be a positive integer, got {meta['image_size']!r}")
     return meta
 
 
