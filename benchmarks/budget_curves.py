@@ -29,13 +29,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from kneelib import report  # noqa: E402
 from kneelib.data.layout import discover, select_split  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 from kneelib.evaluate import evaluate_runs  # noqa: E402
 from kneelib.pipeline.profiles import ALL_ARCHS  # noqa: E402
 from kneelib.pipeline.progress import project_sweep  # noqa: E402
+from kneelib.report.paper import display_name  # noqa: E402
 from kneelib.train import TrainConfig, runtime, train  # noqa: E402
 from kneelib.train.checkpoint import read_history  # noqa: E402
 
@@ -158,7 +161,17 @@ def publish(args: argparse.Namespace) -> int:
     target = REPO / "kneelib" / "pipeline" / "assets" / "budget_curves.json"
     target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(document, indent=1) + "\n")
-    print(f"wrote {target}")
+    every = [json.loads(line) for line in args.jsonl.read_text().splitlines()]
+    figures = REPO / "figures" / "cpu-budget"
+    report.save_table(report.budget_table(every), figures, "curves")
+    report.save_figure(report.budget_curves_figure(every, variant=variant), figures / "curves.png")
+    if args.json.is_file():
+        seconds = json.loads(args.json.read_text())["seconds"]
+        table = pd.DataFrame(seconds).rename(index=display_name)
+        table.columns = [f"{size} px" for size in table.columns]
+        table.attrs["formats"] = {c: "{:.0f}" for c in table.columns}
+        report.save_table(table.rename_axis("seconds per epoch"), figures, "epoch_seconds")
+    print(f"wrote {target} and {figures}")
     return 0
 
 

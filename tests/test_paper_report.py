@@ -311,3 +311,18 @@ def test_format_table_takes_bare_format_specs_and_templates() -> None:
 
     df = pd.DataFrame({"a": [61.234], "b": [0.5]}, index=pd.Index([21], name="seed"))
     assert "| 21 | 61.2 | 0.50 |" in report.format_table(df, formats={"a": ".1f", "b": "{:.2f}"})
+
+
+def test_budget_table_and_figure() -> None:
+    def row(arch: str, px: int, epochs: int, seed: int, acc: float) -> dict:
+        return {"arch": arch, "image_size": px, "epochs": epochs, "variant": "flip-only", "seed": seed,
+                "minutes": 2.0 * epochs, "val_prime_acc": [0.4, acc + 0.01], "val_accuracy": acc, "val_qwk": 0.6,
+                "val_balanced_accuracy": acc - 0.05, "val_recall": {"0": 0.9, "4": 0.1}}
+
+    rows = [row("resnet18", 64, 8, 21, 0.50), row("resnet18", 64, 8, 42, 0.54), row("densenet121", 64, 4, 21, 0.48)]
+    table = report.budget_table(rows)
+    resnet = table.loc["ResNet-18"]
+    assert (resnet["seeds"], resnet["val %"], resnet["KL4 recall %"]) == (2, pytest.approx(52.0), pytest.approx(10.0))
+    assert list(table.index) == ["DenseNet-121", "ResNet-18"]
+    figure = report.budget_curves_figure(rows, variant="flip-only")
+    assert len(figure.axes[0].lines) == 2

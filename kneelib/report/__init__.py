@@ -7,6 +7,7 @@ Pure functions of metrics dicts, prediction/history DataFrames and arrays; the o
 :func:`save_table` / :func:`save_figure` (atomic, deterministic bytes).
 """
 
+from kneelib.report.budget import budget_curves_figure, budget_table
 from kneelib.report.explain import (
     bilateral_figure,
     explained_examples,
@@ -43,7 +44,7 @@ from kneelib.report.tables import (
 
 __all__ = [
     "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "ablation_table", "load_ablation", "recipe_curves_figure",
-    "third_seed_table",
+    "third_seed_table", "budget_curves_figure", "budget_table",
     "bilateral_figure", "explained_examples", "heatmap_figure",
     "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",

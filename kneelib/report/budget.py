@@ -1,0 +1,63 @@
+"""Where a CPU's hours pay: the learning-curve table and figure (rows of ``benchmarks/budget_curves.py``).
+
+A row is one training run: ``arch``, ``image_size``, ``epochs``, ``variant`` (of the scratch recipe), ``seed``,
+``minutes``, ``val_prime_acc`` (per epoch), ``val_accuracy`` / ``val_qwk`` / ``val_balanced_accuracy`` (its
+val'-chosen checkpoint on the official val split) and ``val_recall`` (per class).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from kneelib.report.paper import display_name
+
+Row = Mapping[str, Any]
+
+
+def budget_table(rows: Iterable[Row]) -> pd.DataFrame:
+    """One line per (architecture, size, epochs, variant): seeds, minutes, val' best and the official val
+    split's accuracy, QWK, balanced accuracy and KL4 recall (5 classes), in percent (means over the seeds)."""
+    records = []
+    for r in rows:
+        records.append({"model": display_name(r["arch"]), "px": r["image_size"], "epochs": r["epochs"],
+                        "variant": r["variant"], "seed": r["seed"], "minutes": r["minutes"],
+                        "val' best %": 100 * max(r["val_prime_acc"]), "val %": 100 * r["val_accuracy"],
+                        "QWK": r["val_qwk"], "balanced %": 100 * r["val_balanced_accuracy"],
+                        "KL4 recall %": 100 * (r.get("val_recall") or {}).get("4", float("nan"))})
+    columns = ["model", "px", "epochs", "variant", "seed", "minutes", "val' best %", "val %", "QWK", "balanced %",
+               "KL4 recall %"]
+    df = pd.DataFrame(records, columns=columns)
+    keys = ["model", "px", "epochs", "variant"]
+    grouped = df.groupby(keys, sort=False).agg(
+        seeds=("seed", "count"), **{c: (c, "mean") for c in columns[5:]}).reset_index()
+    grouped = grouped.sort_values(keys[:3], kind="stable").set_index("model")
+    grouped.attrs["formats"] = {"minutes": "{:.1f}", "val' best %": "{:.1f}", "val %": "{:.1f}", "QWK": "{:.2f}",
+                                "balanced %": "{:.1f}", "KL4 recall %": "{:.1f}"}
+    return grouped
+
+
+def budget_curves_figure(rows: Iterable[Row], *, variant: str) -> Figure:
+    """Official val accuracy against epochs (log scale), a line per architecture and image size, for the runs of
+    one recipe ``variant`` (seeds' mean, each seed a dot)."""
+    df = pd.DataFrame([{"arch": r["arch"], "px": r["image_size"], "epochs": r["epochs"], "seed": r["seed"],
+                        "acc": 100 * r["val_accuracy"]} for r in rows if r["variant"] == variant])
+    fig = Figure(figsize=(6.4, 4.0), dpi=110)
+    ax = fig.add_subplot()
+    styles = {64: "o-", 96: "s--", 128: "^:"}
+    for (arch, px), group in df.groupby(["arch", "px"], sort=True) if not df.empty else []:
+        mean = group.groupby("epochs")["acc"].mean()
+        line, = ax.plot(mean.index, mean.values, styles.get(px, "o-"), label=f"{display_name(arch)}, {px} px")
+        ax.scatter(group["epochs"], group["acc"], s=10, color=line.get_color(), alpha=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("epochs (log scale)")
+    ax.set_ylabel("official val accuracy %")
+    ax.set_title(f"From random weights on a CPU ({variant}; 5 classes)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
