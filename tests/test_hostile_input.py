@@ -196,3 +196,42 @@ def test_dicom_over_the_budget_or_malformed_is_one_clean_error(tmp_path: Path) -
         with pytest.raises(ImageReadError, match="odd.dcm: cannot decode pixel data"):
             read_radiograph(odd)
     assert not caught, [str(w.message) for w in caught]
+
+
+# 9. predict's outputs: one per input, whatever the names; nothing written before every input is read
+
+
+def test_predict_outputs_of_inputs_with_one_name_do_not_overwrite(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from fakes import make_run
+
+    from kneelib.radiograph.localizer import PACKAGED_LOCALIZER
+    from kneelib.synthetic.bilateral import render_bilateral
+
+    run_dir = make_run(tmp_path / "runs", "a")
+    crops = [knee_png(tmp_path / folder / "knee.png", seed) for seed, folder in enumerate("ab")]
+    heat = tmp_path / "heat"
+    code, _, err = run(capsys, "predict", "--runs", run_dir, *crops, "--heatmaps", heat, "--device", "cpu")
+    assert code == 0, err
+    assert sorted(p.name for p in heat.iterdir()) == ["knee__2_gradcam.png", "knee_gradcam.png"]
+    radiographs = []
+    for seed, folder in enumerate("cd"):
+        image, _ = render_bilateral(np.random.default_rng(seed), (1, 3), width=600, height=480)
+        radiographs.append(tmp_path / folder / "both.png")
+        radiographs[-1].parent.mkdir()
+        cv2.imwrite(str(radiographs[-1]), image)
+    out = tmp_path / "pred"
+    code, text, err = run(capsys, "predict", "--runs", run_dir, "--bilateral", *radiographs, "--localizer",
+                          PACKAGED_LOCALIZER, "--out", out, "--device", "cpu")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["both_L.png", "both_R.png", "both__2_L.png", "both__2_R.png",
+                                                     "both__2_overview.png", "both_overview.png"]
+    assert f"overview: {out / 'both__2_overview.png'}" in text
+    junk = tmp_path / "text.png"
+    junk.write_text("not an image")
+    for argv in (["--bilateral", radiographs[0], junk], [crops[0], "--bilateral", radiographs[0], junk],
+                 [crops[0], junk, "--bilateral", radiographs[0]]):
+        code, _, err = run(capsys, "predict", "--runs", run_dir, *argv, "--localizer", PACKAGED_LOCALIZER,
+                           "--out", tmp_path / "half", "--heatmaps", tmp_path / "half-heat", "--device", "cpu")
+        assert_clean_error(code, err, "text.png")
+        assert not (tmp_path / "half").exists() and not (tmp_path / "half-heat").exists()

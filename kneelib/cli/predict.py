@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from kneelib.radiograph.bilateral import BilateralResult
     from kneelib.radiograph.localizer import Localizer
     from kneelib.serve.predict import Grader, Predictor
 
@@ -64,6 +65,7 @@ def run_predict(args: argparse.Namespace) -> int:
         format_predictions,
         grade_images,
         load_grader,
+        output_stems,
     )
 
     runs, images = (split_runs_and_images(list(args.runs), list(args.images)) if args.runs
@@ -87,16 +89,16 @@ def run_predict(args: argparse.Namespace) -> int:
         localizer = load_localizer(args.localizer)
     grader = load_grader(runs=runs, model=args.model, device=args.device)
     log = sys.stderr if args.json else sys.stdout
-    output: list[dict[str, Any]] = []
+    output: list[dict[str, Any]] = grade_images(grader, crops) if crops else []
+    graded = [_grade_radiograph(path, grader, localizer, bool(args.heatmaps)) for path in radiographs]
+    stems = output_stems([*crops, *radiographs])  # every input read and graded: now write, one name each
     if crops:
-        results = grade_images(grader, crops)
-        output += results
         if not args.json:
-            print(format_predictions(results, grader.class_names))
+            print(format_predictions(output, grader.class_names))
         if args.heatmaps:
-            _write_crop_heatmaps(grader, crops, args.heatmaps, log)
-    for path in radiographs:
-        output.append(_grade_radiograph(path, grader, localizer, args, log))
+            _write_crop_heatmaps(grader, crops, stems, args.heatmaps, log)
+    for result, stem in zip(graded, stems[len(crops):]):
+        output.append(_write_radiograph(result, stem, grader, args, log))
     if args.json:
         # crops: a list, as always; a single bilateral radiograph: its object
         single = not crops and len(radiographs) == 1
@@ -104,33 +106,39 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_crop_heatmaps(grader: Predictor, crops: list[Path], out: Path, log: TextIO) -> None:
+def _write_crop_heatmaps(grader: Predictor, crops: list[Path], stems: list[str], out: Path, log: TextIO) -> None:
     from kneelib.data.io import read_image
     from kneelib.serve.explain import overlay, write_overlays
 
-    for path in crops:
+    for path, stem in zip(crops, stems):
         image = read_image(path)
         cam, _ = grader.heatmap(image)
-        (written,) = write_overlays(out, [(f"{path.stem}_gradcam", overlay(image, cam))])
+        (written,) = write_overlays(out, [(f"{stem}_gradcam", overlay(image, cam))])
         print(f"heat map: {written}", file=log)
 
 
-def _grade_radiograph(path: Path, grader: Grader, localizer: Localizer, args: argparse.Namespace,
+def _grade_radiograph(path: Path, grader: Grader, localizer: Localizer, heatmaps: bool) -> BilateralResult:
+    from kneelib.radiograph.bilateral import grade_bilateral
+
+    return grade_bilateral(path, grader, localizer, heatmaps=heatmaps)
+
+
+def _write_radiograph(result: BilateralResult, stem: str, grader: Grader, args: argparse.Namespace,
                       log: TextIO) -> dict[str, Any]:
-    from kneelib.radiograph.bilateral import grade_bilateral, write_outputs
+    """Write a graded radiograph's overview, crops (and heat maps) under ``stem``; print and return its record."""
+    from kneelib.radiograph.bilateral import write_outputs
     from kneelib.serve.predict import format_predictions
 
-    result = grade_bilateral(path, grader, localizer, heatmaps=bool(args.heatmaps))
-    written = write_outputs(result, args.out)
+    written = write_outputs(result, args.out, stem)
     if args.heatmaps:
         from kneelib.serve.explain import overlay, write_overlays
 
         for knee in result.knees:
-            write_overlays(args.heatmaps, [(f"{path.stem}_{knee.side}_gradcam", overlay(knee.crop, knee.heatmap))])
+            write_overlays(args.heatmaps, [(f"{stem}_{knee.side}_gradcam", overlay(knee.crop, knee.heatmap))])
     doc = {**result.as_json(), "overview": str(written["overview"])}
     if not args.json:
         spacing = f"{result.spacing_mm:.3f} mm/px" if result.spacing_mm else "no pixel spacing"
-        print(f"{path} ({result.radiograph.shape[1]}x{result.radiograph.shape[0]}, {spacing})")
+        print(f"{result.image} ({result.radiograph.shape[1]}x{result.radiograph.shape[0]}, {spacing})")
         rows = [{"image": f"  {k.side} knee {k.box.as_list()}", "grade": k.grade,
                  "probabilities": k.probabilities} for k in result.knees]
         print(format_predictions(rows, grader.class_names))

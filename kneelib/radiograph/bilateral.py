@@ -117,13 +117,13 @@ def overview_image(result: BilateralResult, *, max_width: int = 1024) -> np.ndar
     return rgb
 
 
-def write_outputs(result: BilateralResult, out_dir: str | os.PathLike) -> dict[str, Path]:
+def write_outputs(result: BilateralResult, out_dir: str | os.PathLike, stem: str | None = None) -> dict[str, Path]:
     """Write ``<stem>_overview.png`` and the ``<stem>_<side>.png`` crops into ``out_dir`` (each
-    atomically); return the paths by ``"overview"`` / side."""
+    atomically; ``stem`` defaults to the radiograph's file stem); return the paths by ``"overview"`` / side."""
     from kneelib.atomic import write_bytes
 
     out = Path(out_dir)
-    stem = Path(result.image).stem
+    stem = stem or Path(result.image).stem
     files = {"overview": (out / f"{stem}_overview.png", overview_image(result))}
     for knee in result.knees:
         files[knee.side] = (out / f"{stem}_{knee.side}.png", knee.crop)

@@ -11,6 +11,7 @@ bilateral radiographs go through :mod:`kneelib.radiograph.bilateral`; heat maps 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -124,6 +125,21 @@ def check_images(images: Sequence[str | os.PathLike]) -> list[Path]:
         if not path.is_file():
             raise KneelibError(f"{path}: image not found")
     return paths
+
+
+def output_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """One file stem per input for the files written about it, unique even where two inputs share a name
+    (``knee``, ``knee__2``, ...; characters other than letters, digits and ``_ . + -`` become ``_``)."""
+    stems, used = [], set()
+    for path in paths:
+        base = re.sub(r"[^\w.+-]", "_", Path(path).stem).lstrip(".") or "image"
+        stem, n = base, 1
+        while stem in used:
+            n += 1
+            stem = f"{base}__{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
 
 
 def predict_images(
