@@ -274,7 +274,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--train-loop", action="store_true", help="the cuda benchmark on --device cpu (a check)")
     p.add_argument("--steps", type=int, default=60, help="cuda: timed training steps per architecture and mode")
     p.add_argument("--limit", type=int, default=None, help="cuda: at most this many images per split")
-    p.add_argument("--workers", type=int, default=None, help="cuda: DataLoader workers of the per-image paths")
+    p.add_argument("--workers", type=int, default=None, help="cuda: DataLoader workers of the per-image paths "
+                   "(default kneelib's own, at most 8; 0 where /dev/shm is too small)")
     p.add_argument("--quick", action="store_true", help="tiny settings (seconds; for tests)")
     args = p.parse_args(argv)
     if args.quick:
@@ -290,21 +291,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def gpu_main(args: argparse.Namespace) -> dict[str, Any]:
-    """``--device cuda``: the report of :func:`gpu_bench.gpu_benchmark`, written to ``--json``."""
+    """``--device cuda``: the report of :func:`gpu_bench.gpu_benchmark`, written to ``--json`` (atomically)
+    after every stage, so whatever finished survives a later stage's failure or a kill."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import gpu_bench
 
     device = runtime.resolve_device(args.device)
     if not args.data.is_dir():
         raise KneelibError(f"{args.data}: data folder not found (pass --data)")
-    report = gpu_bench.gpu_benchmark(args.data, args.archs, device, reference=(naive_transform, _symlink_tree),
-                                     image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
-                                     warmup=args.warmup, limit=args.limit, workers=args.workers, log=log)
-    report["date"] = datetime.now().isoformat(timespec="seconds")
-    report["git_commit"] = runtime.git_commit()[0]
     out = args.out or REPO / "benchmarks" / "results" / f"gpu-{datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out, json.dumps(report, indent=2) + "\n")
+
+    def save(report: dict[str, Any]) -> None:
+        write_text(out, json.dumps(report, indent=2) + "\n")
+
+    start = {"date": datetime.now().isoformat(timespec="seconds"), "git_commit": runtime.git_commit()[0],
+             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}}
+    report = gpu_bench.gpu_benchmark(args.data, args.archs, device, reference=(naive_transform, _symlink_tree),
+                                     image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
+                                     warmup=args.warmup, limit=args.limit, workers=args.workers, log=log,
+                                     save=save, report=start)
     print(gpu_bench.markdown(report))
     print(f"\nwritten: {out}")
     return report
@@ -355,7 +361,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     try:
-        main()
+        finished = main()
     except KneelibError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(1 if finished.get("errors") else 0)  # the JSON holds every stage that finished

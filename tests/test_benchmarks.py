@@ -72,3 +72,110 @@ def test_train_loop_benchmark_writes_the_gpu_report_schema(tmp_path: Path) -> No
     rates = saved["train_loop_detail"]["resnet18"]["graph"]
     expected = 6 * 75 * (5778 / rates["images_per_s"] + 826 / rates["eval_images_per_s"]) / 60
     assert saved["paper_profile_minutes"] == pytest.approx(expected, rel=0.01)
+
+
+def _gpu_bench_module():
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))
+    import gpu_bench
+
+    return gpu_bench
+
+
+TINY_LOOP = ["--device", "cpu", "--train-loop", "--image-size", "64", "--batch-size", "4", "--steps", "1",
+             "--warmup", "1", "--workers", "0"]
+
+
+def test_the_gpu_benchmark_keeps_what_finished_when_a_later_stage_fails(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage that raises is recorded and the next one runs; one that kills the process (here an interrupt in
+    the data stage) leaves the JSON as written after the last finished stage."""
+    bench, gpu_bench = _load_bench(), _gpu_bench_module()
+    data = make_tiny_dataset(tmp_path / "data", train_per_grade=4, size=64)
+    out = tmp_path / "gpu.json"
+    real_loop = gpu_bench.train_loop_speed
+
+    def loop_speed(arch, *args, **kwargs):
+        if arch == "se_resnet18":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_loop(arch, *args, **kwargs)
+
+    def data_path(*args, **kwargs):
+        raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Bus error")
+
+    monkeypatch.setattr(gpu_bench, "train_loop_speed", loop_speed)
+    monkeypatch.setattr(gpu_bench, "data_path_speed", data_path)
+    report = bench.main([*TINY_LOOP, "--archs", "resnet18", "se_resnet18", "densenet121", "--data", str(data),
+                         "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report)) and saved["finished"]
+    assert list(saved["train_loop"]) == ["resnet18", "densenet121"]
+    assert set(saved["errors"]) == {"train_loop:se_resnet18:eager", "train_loop:se_resnet18:graph", "data_path"}
+    assert "Bus error" in saved["errors"]["data_path"] and saved["data_path"] is None
+    assert saved["paper_profile"]["per_arch_minutes"].keys() == {"resnet18", "densenet121"}
+    assert "FAILED data_path" in gpu_bench.markdown(saved)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_bench, "data_path_speed", killed)
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*TINY_LOOP, "--archs", "resnet18", "--data", str(data), "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["train_loop"]["resnet18"]["eager"] > 0 and not saved["finished"]
+
+
+def test_the_benchmarks_failure_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``KNEELIB_BENCH_FAIL`` (gpu_check.sh's rehearsal of a failing stage) makes the named stages raise."""
+    bench, gpu_bench = _load_bench(), _gpu_bench_module()
+    data = make_tiny_dataset(tmp_path / "data", train_per_grade=4, size=64)
+    monkeypatch.setenv(gpu_bench.FAIL_ENV, "data_path")
+    report = bench.main([*TINY_LOOP, "--archs", "resnet18", "--data", str(data), "--json", str(tmp_path / "g.json")])
+    assert list(report["errors"]) == ["data_path"] and "forced failure" in report["errors"]["data_path"]
+    assert report["train_loop"]["resnet18"]["eager"] > 0
+
+
+def test_the_gpu_benchmark_measures_what_the_loop_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step is built on a real batch in the loop's memory format, by the loop's own setup
+    (``place_model``, ``make_lazy_step``, ``runtime.prepare_backends``)."""
+    gpu_bench = _gpu_bench_module()
+    from kneelib.data.batched import DeviceBatches
+    from kneelib.train import loop, runtime
+
+    seen = {}
+    real_make_step, real_prepare = loop.make_step, getattr(runtime, "prepare_backends", None)
+
+    def make_step(model, optimizer, device, *, example, **kwargs):
+        seen.setdefault("examples", []).append(example.is_contiguous(memory_format=torch.channels_last))
+        return real_make_step(model, optimizer, device, example=example, **kwargs)
+
+    def prepare_backends(device):
+        seen["prepared"] = True
+        real_prepare(device)
+
+    monkeypatch.setattr(loop, "make_step", make_step)
+    monkeypatch.setattr(gpu_bench, "make_step", make_step, raising=False)  # where a copy of the setup calls it
+    monkeypatch.setattr(runtime, "prepare_backends", prepare_backends, raising=False)
+    monkeypatch.setattr(runtime, "memory_format", lambda device, arch=None, bf16=False: torch.channels_last)
+    images = [torch.randint(0, 256, (1, 64, 64), dtype=torch.uint8) for _ in range(8)]
+    data = DeviceBatches(images, torch.arange(8) % 5, "cpu", augment=True)
+    held = DeviceBatches(images, torch.arange(8) % 5, "cpu", augment=False)
+    result = gpu_bench.train_loop_speed("resnet18", data, held, torch.device("cpu"), graphs=True, batch_size=4,
+                                        steps=1, warmup=1)
+    assert seen["examples"] == [True, True] and seen.get("prepared")  # train and eval steps, channels-last batches
+    assert result["memory_format"] == "channels_last"
+
+
+def test_loader_workers_are_capped_and_need_dev_shm(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_bench = _gpu_bench_module()
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(gpu_bench, "dev_shm_gib", lambda: 64.0)
+    assert gpu_bench.loader_workers(15, cuda, image_size=224, batch_size=32) == (8, "capped at 8")
+    assert gpu_bench.loader_workers(2, cuda, image_size=224, batch_size=32) == (2, None)
+    monkeypatch.setattr(gpu_bench, "dev_shm_gib", lambda: 0.06)
+    workers, why = gpu_bench.loader_workers(8, cuda, image_size=224, batch_size=32)
+    assert workers == 0 and "/dev/shm has 0.06 GiB free" in why
+    monkeypatch.setattr(gpu_bench, "dev_shm_gib", lambda: None)
+    assert gpu_bench.loader_workers(None, torch.device("cpu"), image_size=64, batch_size=4)[0] == 0

@@ -136,6 +136,29 @@ class _LazyStep:
         return self.step(images, targets)
 
 
+def place_model(model: nn.Module, config: TrainConfig, device: torch.device, *, graphs: bool
+                ) -> tuple[nn.Module, torch.optim.Optimizer, torch.memory_format]:
+    """``(model, optimizer, memory format)``: the model on ``device`` in the layout a run trains in, and its
+    optimizer (capturable when ``graphs``). ``benchmarks/gpu_bench.py`` measures what this builds."""
+    autocast = runtime.autocast_dtype(config.precision, device)
+    memory_format = runtime.memory_format(device, config.arch, bf16=autocast is torch.bfloat16)
+    model = model.to(device, memory_format=memory_format)
+    # The fused kernel does the same update; on a CPU at batch 8 it cuts the step from ~1/3 of the
+    # iteration (ResNet-50: 0.20 s -> 0.06 s of 0.61 s) to a tenth.
+    optimizer = recipes.make_optimizer(model, config, fused=device.type in ("cpu", "cuda"), capturable=graphs)
+    return model, optimizer, memory_format
+
+
+def make_lazy_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device,
+                   config: TrainConfig, *, num_classes: int, label_smoothing: float, graphs: bool,
+                   log: Callable[[str], None] | None = None) -> _LazyStep:
+    """A run's training (``optimizer`` given) or evaluation step, built (a CUDA graph captured) at the first
+    batch it sees."""
+    return _LazyStep(lambda example: make_step(
+        model, optimizer, device, batch_size=config.batch_size, example=example, num_classes=num_classes,
+        label_smoothing=label_smoothing, graphs=graphs, log=log, precision=config.precision))
+
+
 def _run_epoch(model: nn.Module, loader: Iterable, device: torch.device, *,
                optimizer: torch.optim.Optimizer | None, bar: bool, desc: str,
                memory_format: torch.memory_format, label_smoothing: float = 0.0,
@@ -249,8 +272,7 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
 
     if out.is_dir():
         _remove_stale_temps(out)
-    if cuda:
-        torch.backends.cudnn.benchmark = True
+    runtime.prepare_backends(device)
     datasets = {name: KneeDataset(s, scheme, image_size=config.image_size, train=name == "train",
                                   clahe=config.clahe, cache=cache, progress=bar, seed=config.seed,
                                   augment=config.augment)
@@ -270,21 +292,15 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
                         weights=None if resuming else config.weights, progress=bar)
     if config.prior_bias and not resuming:
         recipes.init_head_to_prior(getattr(model, get_spec(config.arch).head), datasets["train"].targets)
-    memory_format = runtime.memory_format(device, config.arch, bf16=autocast is torch.bfloat16)
-    model = model.to(device, memory_format=memory_format)
-    # The fused kernel does the same update; on a CPU at batch 8 it cuts the step from ~1/3 of the
-    # iteration (ResNet-50: 0.20 s -> 0.06 s of 0.61 s) to a tenth.
-    optimizer = recipes.make_optimizer(model, config, fused=device.type in ("cpu", "cuda"), capturable=graphs)
+    model, optimizer, memory_format = place_model(model, config, device, graphs=graphs)
     steps_per_epoch = _train_steps(len(datasets["train"]), config.batch_size)
     scheduler, per_step = recipes.make_scheduler(optimizer, config, steps_per_epoch)
     ema = recipes.make_ema(model, config.ema_decay)
     kept = model if ema is None else ema.module  # the weights validated and kept
 
     def lazy_step(module: nn.Module, opt: torch.optim.Optimizer | None, smoothing: float) -> _LazyStep:
-        return _LazyStep(lambda example: make_step(
-            module, opt, device, batch_size=config.batch_size, example=example,
-            num_classes=scheme.num_classes, label_smoothing=smoothing, graphs=graphs, log=say,
-            precision=config.precision))
+        return make_lazy_step(module, opt, device, config, num_classes=scheme.num_classes,
+                              label_smoothing=smoothing, graphs=graphs, log=say)
 
     def batches(name: str, epoch: int | None) -> Iterable:
         dataset = datasets[name]

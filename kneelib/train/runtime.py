@@ -15,7 +15,8 @@ import torch
 from kneelib.errors import KneelibError
 
 __all__ = ["resolve_device", "seed_everything", "rng_state", "set_rng_state", "versions",
-           "git_commit", "default_workers", "derive_seed", "memory_format", "gpu_memory", "autocast_dtype"]
+           "git_commit", "default_workers", "derive_seed", "memory_format", "gpu_memory", "autocast_dtype",
+           "prepare_backends"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -30,6 +31,13 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise KneelibError(f"device {name!r} requested but no CUDA GPU is available (use --device cpu)")
         return torch.device(name)
     raise KneelibError(f"unknown device {name!r} (choose auto, cpu or cuda)")
+
+
+def prepare_backends(device: torch.device) -> None:
+    """The backend settings a training run uses on ``device``: on CUDA, cuDNN picks the fastest convolution
+    algorithm for each shape (the shapes repeat every step)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
