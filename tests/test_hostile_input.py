@@ -235,3 +235,27 @@ def test_predict_outputs_of_inputs_with_one_name_do_not_overwrite(tmp_path: Path
                            "--out", tmp_path / "half", "--heatmaps", tmp_path / "half-heat", "--device", "cpu")
         assert_clean_error(code, err, "text.png")
         assert not (tmp_path / "half").exists() and not (tmp_path / "half-heat").exists()
+
+
+# 10. filter: a symbolic-link loop in the data folder, non-finite thresholds
+
+
+def test_filter_counts_each_file_once_through_a_symlink_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
+    data = tmp_path / "data"
+    for i in range(10):
+        knee_png(data / "train" / str(i % 5) / f"910000{i}L.png", i)
+    (data / "train" / "0" / "loop").symlink_to("..")  # train/0/loop -> train/
+    (tmp_path / "other").mkdir()
+    knee_png(tmp_path / "other" / "9200000L.png", 99)
+    (data / "train" / "5").symlink_to(tmp_path / "other")  # a linked folder outside: read once
+    code, out, err = run(capsys, "filter", data, "--report", tmp_path / "r.csv")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert len(table) == 11 and table["file"].is_unique and "checked 11 images" in out
+    for flag, value in (("--blur-threshold", "nan"), ("--blur-threshold", "inf"), ("--blur-threshold", "-1"),
+                        ("--blur-fraction", "nan")):
+        code, _, err = run(capsys, "filter", data, "--report", tmp_path / "bad.csv", flag, value)
+        assert_clean_error(code, err, flag, value)
+        assert not (tmp_path / "bad.csv").exists()

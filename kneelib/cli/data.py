@@ -106,8 +106,6 @@ def cmd_filter(args: argparse.Namespace) -> int:
     """``kneelib filter DIR [--report FILE]``."""
     from kneelib.data.quality import filter_images, write_report
 
-    if not 0 < args.blur_fraction < 1 or (args.blur_threshold is not None and args.blur_threshold < 0):
-        raise KneelibError("filter: --blur-fraction must lie in (0, 1) and --blur-threshold be >= 0")
     check_output_file(args.report)
     result = filter_images(args.dir, fraction=args.blur_fraction, threshold=args.blur_threshold)
     report, side = write_report(result, args.report)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -126,14 +127,22 @@ def calibrate_blur_threshold(scores: list[float], fraction: float = BLUR_FRACTIO
 
 
 def list_images(source: str | os.PathLike) -> list[Path]:
-    """Image files under a folder (recursive, hidden entries skipped) or listed in a manifest."""
+    """Image files under a folder (recursive, hidden entries skipped) or listed in a manifest.
+
+    Linked folders are followed, each real folder once: a link back up the tree (``train/0/loop -> ..``) or
+    a second link to a folder already read adds nothing, so every file is listed once."""
     source = Path(source)
     if not source.exists():
         raise KneelibError(f"{source}: no such file or directory")
     if source.is_file():
         return [s.path for s in discover(source)]
-    found = []
+    found, seen = [], set()
     for root, dirs, files in os.walk(source, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(root, f) for f in files if is_image_file(f))
     if not found and (source / MANIFEST_NAME).is_file():  # a folder holding only a manifest (e.g. held-out)
@@ -146,6 +155,10 @@ def list_images(source: str | os.PathLike) -> list[Path]:
 def filter_images(source: str | os.PathLike, *, fraction: float = BLUR_FRACTION, threshold: float | None = None,
                   progress: bool | None = None) -> FilterResult:
     """Check every image under ``source``; blur threshold calibrated on it unless ``threshold`` given."""
+    if not (math.isfinite(fraction) and 0 < fraction < 1):
+        raise KneelibError(f"--blur-fraction {fraction}: must be a number in (0, 1)")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise KneelibError(f"--blur-threshold {threshold}: must be a finite number >= 0")
     start = time.perf_counter()
     paths = list_images(source)
     show = sys.stderr.isatty() if progress is None else progress
