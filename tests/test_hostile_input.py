@@ -259,3 +259,43 @@ def test_filter_counts_each_file_once_through_a_symlink_loop(tmp_path: Path, cap
         code, _, err = run(capsys, "filter", data, "--report", tmp_path / "bad.csv", flag, value)
         assert_clean_error(code, err, flag, value)
         assert not (tmp_path / "bad.csv").exists()
+
+
+# 11. settings that cannot work: no training step, no threads, an opset the exporter cannot write; unfinished runs
+
+
+def test_train_without_one_full_step_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fakes import make_data
+
+    data = make_data(make_data(tmp_path / "data", split="val"), split="train")
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--data", data, "--arch", "resnet18", "--out", out, "--epochs", 1,
+                       "--limit", 1, "--device", "cpu", "--quiet")
+    assert_clean_error(code, err, "--limit 1", "1 training image", "batch size", "at least 2")
+    assert not (out / "config.json").exists() and not (out / "status.json").exists()
+
+
+def test_localize_train_needs_a_thread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "localize", "train", "--out", tmp_path / "loc", "--threads", 0, "--n-train", 2,
+                       "--n-val", 1, "--epochs", 1)
+    assert_clean_error(code, err, "--threads", "0")
+    assert not (tmp_path / "loc" / "localizer.pt").exists()
+
+
+def test_export_checks_the_opset_and_warns_of_an_unfinished_run(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import onnx
+
+    from fakes import make_run
+
+    run_dir = make_run(tmp_path / "runs", "half")
+    for opset in (0, 3, 17, onnx.defs.onnx_opset_version() + 1):
+        code, _, err = run(capsys, "export", run_dir, "--out", tmp_path / "m.onnx", "--opset", opset)
+        assert_clean_error(code, err, f"--opset {opset}", "18")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    (run_dir / "status.json").write_text(json.dumps({"finished": False, "epoch": 1}))
+    code, out, err = run(capsys, "export", run_dir, "--out", tmp_path / "m.pt")
+    assert code == 0 and (tmp_path / "m.pt").is_file()
+    assert err.strip() == f"kneelib: warning: run half ({run_dir}) has not finished training"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from kneelib.atomic import check_output_file
@@ -35,6 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=run_evaluate)
 
 
+def warn_unfinished(runs: Iterable[tuple[str, str | os.PathLike]]) -> None:
+    """One ``kneelib: warning:`` line on stderr per ``(name, RUN_DIR)`` whose training has not finished
+    (``evaluate`` and ``export`` both say so)."""
+    from kneelib.train.loop import run_status
+
+    for name, path in runs:
+        status = run_status(path)
+        if status is not None and not status.get("finished", True):
+            print(f"kneelib: warning: run {name} ({path}) has not finished training", file=sys.stderr)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from kneelib.evaluate import (
         calibrate_runs,
@@ -43,8 +56,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
         save_metrics,
         save_predictions,
     )
-    from kneelib.train.loop import run_status
-
     for path in (args.out, args.predictions):  # before the work: a bad path must not lose the results
         if path is not None:
             check_output_file(path)
@@ -57,10 +68,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     metrics, predictions = evaluate_runs(
         args.run_dirs, args.data, split=args.split, device=args.device, batch_size=args.batch_size, tta=args.tta
     )
-    for name, path in metrics["runs"].items():
-        status = run_status(path)
-        if status is not None and not status.get("finished", True):
-            print(f"kneelib: warning: run {name} ({path}) has not finished training", file=sys.stderr)
+    warn_unfinished(metrics["runs"].items())
     print(format_summary(metrics))
     if args.out:
         save_metrics(metrics, args.out)

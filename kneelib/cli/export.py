@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print what was written."""
+    from kneelib.cli.evaluate import warn_unfinished
     from kneelib.errors import KneelibError
     from kneelib.serve.export import OPSET, export_runs, sidecar_path
 
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.fmt or ("torchscript" if args.out.suffix.lower() in TORCHSCRIPT_SUFFIXES else "onnx")
     if args.opset is not None and fmt != "onnx":
         raise KneelibError("--opset applies to --format onnx only")
-    meta = export_runs(args.run_dirs, fmt=fmt, out=args.out, opset=args.opset or OPSET)
+    meta = export_runs(args.run_dirs, fmt=fmt, out=args.out, opset=OPSET if args.opset is None else args.opset)
+    warn_unfinished((Path(d).name, d) for d in args.run_dirs)
     members = ", ".join(f"{m['name']} ({m['arch']})" for m in meta["members"])
     kind = f"onnx, opset {meta['opset']}" if fmt == "onnx" else "torchscript"
     print(f"model:   {args.out} ({kind}; {len(meta['members'])} run(s): {members})")

@@ -159,6 +159,8 @@ def train_localizer(out_dir: str | os.PathLike, *, n_train: int = 500, n_val: in
     size = (int(image_size[0]), int(image_size[1]))
     if n_train < 1 or n_val < 1 or epochs < 1 or batch_size < 1:
         raise KneelibError("localize train: --n-train, --n-val, --epochs and the batch size must be >= 1")
+    if threads is not None and threads < 1:
+        raise KneelibError(f"localize train: --threads {threads}: must be >= 1 (or left out: torch's default)")
     if min(size) < 32 or size[0] % 16 or size[1] % 16:
         raise KneelibError(f"localize train: image size {size} must be multiples of 16, at least 32")
     out = Path(out_dir)

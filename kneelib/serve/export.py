@@ -40,11 +40,14 @@ from kneelib.evaluate import (
 )
 from kneelib.train.checkpoint import read_json, write_json
 
-__all__ = ["FORMATS", "OPSET", "EnsembleLogits", "ExportedModel", "export_runs", "sidecar_path"]
+__all__ = ["FORMATS", "MIN_OPSET", "OPSET", "EnsembleLogits", "ExportedModel", "check_opset", "export_runs",
+           "sidecar_path"]
 
 FORMATS = ("onnx", "torchscript")
 #: The ONNX opset written (ai.onnx domain).
 OPSET = 20
+#: The lowest opset torch's dynamo exporter writes (asked for less, it converts, fails and keeps 18).
+MIN_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 #: Largest |logit| difference between the exported and the PyTorch model accepted at export time.
 VERIFY_TOLERANCE = 1e-3
@@ -120,6 +123,16 @@ def _export_torchscript(module: nn.Module, example: torch.Tensor, path: Path) ->
         raise KneelibError(f"TorchScript export failed ({_first_line(exc)})") from exc
 
 
+def check_opset(opset: int) -> None:
+    """KneelibError for an ONNX opset the exporter cannot write: below :data:`MIN_OPSET` (the dynamo exporter's
+    first) or above the newest the installed ``onnx`` knows."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise KneelibError(f"--opset {opset}: the ONNX exporter writes opsets {MIN_OPSET} to {newest}")
+
+
 def export_runs(
     run_dirs: Sequence[str | os.PathLike],
     *,
@@ -135,6 +148,8 @@ def export_runs(
     """
     if fmt not in FORMATS:
         raise KneelibError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        check_opset(opset)
     out = Path(out)
     if out.is_dir():
         raise KneelibError(f"{out}: is a directory; --out needs a model file name")
@@ -153,6 +168,8 @@ def export_runs(
     with atomic.atomic_path(out) as tmp:
         if fmt == "onnx":
             opset_written = _export_onnx(module, example, tmp, opset)
+            if opset_written != opset:
+                raise KneelibError(f"{out}: asked for ONNX opset {opset}, the exporter wrote {opset_written}")
         else:
             _export_torchscript(module, example, tmp)
         diff = float(np.abs(_load_runner(tmp, fmt, threads=None)(check.numpy()) - expected).max())

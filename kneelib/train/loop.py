@@ -232,6 +232,15 @@ def train(config: TrainConfig, *, data_dir: str | os.PathLike, out_dir: str | os
         torch.set_num_threads(threads)
 
 
+def _require_a_step(n: int, config: TrainConfig, data_dir: Path) -> None:
+    """KneelibError when ``n`` training images give no optimiser step an epoch (a run that would learn nothing)."""
+    if _train_steps(n, config.batch_size) >= 1:
+        return
+    limit = f"--limit {config.limit}: " if config.limit is not None else ""
+    raise KneelibError(f"{data_dir}: {limit}{n} training image(s) give no full training step at batch size "
+                       f"{config.batch_size} (a last batch of one image is dropped); training needs at least 2")
+
+
 def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, progress: bool | None,
            stop_after_epoch: int | None, verbose: bool, cache: DecodeCache | None,
            log: Callable[[str], None] | None, keep_last: bool) -> Path:
@@ -248,6 +257,7 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
                   for name in ("train", "val")}
     except KneelibError as exc:
         raise KneelibError(f"{data_dir}: training needs a train and a val split ({exc})") from None
+    _require_a_step(len(splits["train"]), config, data_dir)
     device = runtime.resolve_device(config.device)
     cuda = device.type == "cuda"
     workers = config.workers if config.workers is not None else runtime.default_workers(device)
