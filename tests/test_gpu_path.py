@@ -188,3 +188,17 @@ def test_autocast_on_a_gpu_is_bf16_only_where_the_gpu_has_it(monkeypatch: pytest
     assert runtime.autocast_dtype("bf16", cuda) is torch.bfloat16  # asked for explicitly: as asked
     step = steps.EagerStep(torch.nn.Linear(2, 2), None, cuda, precision="auto")
     assert step.dtype is (torch.bfloat16 if has_bf16 else None)
+
+
+def test_a_runs_gpu_footprint_counts_the_allocators_reserve_and_the_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``max_memory_allocated`` leaves out the allocator's cached blocks and the CUDA context: the footprint a
+    run records (config.json's gpu_memory, what RUN_GPU_GIB stands for) holds both."""
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * gib, 80 * gib))  # 10 GiB used
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 8 * gib)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 9 * gib)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 6 * gib)
+    footprint = runtime.gpu_footprint(torch.device("cuda"))
+    assert footprint["outside_allocator"] == 2.0 and footprint["per_run_estimate"] == 11.0
+    assert footprint["max_allocated"] == 6.0 and footprint["total"] == 80.0
+    assert runtime.gpu_footprint(torch.device("cpu")) is None

@@ -364,8 +364,10 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
                                f"once (--resume continues after epoch {epoch - 1})") from None
         if epoch == start + 1 and cuda:  # the path the steps took (a capture may have fallen back)
             meta["execution"] = _execution(on_device, train_step.step.path, train_step.step.why, arithmetic)
+            # The whole epoch's footprint (graphs, the eager last batch, evaluation): what RUN_GPU_GIB stands for.
             ckpt.write_json(out / ckpt.CONFIG, {**ckpt.read_json(out / ckpt.CONFIG),
-                                                "execution": meta["execution"]})
+                                                "execution": meta["execution"],
+                                                "gpu_memory": runtime.gpu_footprint(device)})
         if not per_step:
             scheduler.step()
         improved = val_acc > best_acc

@@ -16,7 +16,7 @@ from kneelib.errors import KneelibError
 
 __all__ = ["resolve_device", "seed_everything", "rng_state", "set_rng_state", "versions",
            "git_commit", "default_workers", "derive_seed", "memory_format", "gpu_memory", "autocast_dtype",
-           "prepare_backends"]
+           "prepare_backends", "gpu_footprint"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -93,6 +93,24 @@ def gpu_memory(device: torch.device) -> str:
     except RuntimeError:
         return "GPU memory unknown"
     return f"{free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
+
+
+def gpu_footprint(device: torch.device) -> dict[str, float] | None:
+    """What this process holds of a CUDA device, in GiB (None elsewhere): the caching allocator's peaks
+    (``max_reserved``: what it took from the device, cached blocks included; ``max_allocated``: what tensors
+    used), and ``outside_allocator``: the device's used memory (``mem_get_info``) less what the allocator holds
+    now, i.e. this process's CUDA context, cuDNN/cuBLAS handles and workspaces, plus any other process's
+    memory. Alone on a GPU, one run needs about ``max_reserved + outside_allocator``
+    (``kneelib.pipeline.profiles.RUN_GPU_GIB``); ``device_used`` and ``total`` are the device's."""
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    used, reserved = total - free, torch.cuda.memory_reserved(device)
+    return {k: round(v / 2**30, 3) for k, v in {
+        "max_reserved": torch.cuda.max_memory_reserved(device), "max_allocated": torch.cuda.max_memory_allocated(device),
+        "reserved_now": reserved, "outside_allocator": used - reserved,
+        "per_run_estimate": torch.cuda.max_memory_reserved(device) + used - reserved,
+        "device_used": used, "total": total}.items()}
 
 
 def default_workers(device: torch.device) -> int:
