@@ -240,7 +240,8 @@ def test_predict_outputs_of_inputs_with_one_name_do_not_overwrite(tmp_path: Path
 # 10. filter: a symbolic-link loop in the data folder, non-finite thresholds
 
 
-def test_filter_counts_each_file_once_through_a_symlink_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_filter_counts_each_file_once_through_a_symlink_loop(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     import pandas as pd
 
     data = tmp_path / "data"
