@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
-import kneelib.data.prepare as prepare_module
+import kneelib.data.paper.prepare as prepare_module
 from kneelib.cli import build_parser, main
-from kneelib.data.paper_manifest import PAPER_MANIFEST, build_paper_manifest, load_manifest
-from kneelib.data.prepare import prepare
+from kneelib.data.paper.manifest import PAPER_MANIFEST, build_paper_manifest, load_manifest
+from kneelib.data.paper.prepare import prepare
+from kneelib.data.paper.verify import verdict_line, verify
 from kneelib.data.transforms import preprocess
-from kneelib.data.verify import verdict_line, verify
 
 COUNTS = {"train": 2, "val": 1, "test": 1}  # crops per grade in the fabricated paper data set
 

@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def register_paper_data(sub: argparse._SubParsersAction) -> None:
     """``kneelib data verify DIR`` and ``kneelib data prepare SRC OUT``."""
-    from kneelib.data.prepare import CLAHE_MODES, LINK_MODES
+    from kneelib.data.paper.prepare import CLAHE_MODES, LINK_MODES
 
     p = sub.add_parser("data", help="the paper's data set: verify a copy against its manifest, prepare a variant",
                        description="Compare a copy of the paper's data set (Chen 2018, doi:10.17632/56rmx5bjcr.1) "
@@ -218,7 +218,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_verify(args: argparse.Namespace) -> int:
     """``kneelib data verify DIR [--json]``: 0 for an exact copy, 1 otherwise."""
-    from kneelib.data.verify import verify
+    from kneelib.data.paper.verify import verify
 
     report = verify(args.dir, manifest=args.manifest)
     print(json.dumps(report.to_json(), indent=1) if args.json else report.render())
@@ -227,8 +227,8 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
     """``kneelib data prepare SRC OUT``."""
-    from kneelib.data.prepare import PREPARE_INFO, prepare
-    from kneelib.data.verify_text import verdict
+    from kneelib.data.paper.prepare import PREPARE_INFO, prepare
+    from kneelib.data.paper.report import verdict
 
     check_output_dir(args.out)
     result = prepare(args.src, args.out, manifest=args.manifest, clahe=args.clahe, link=args.link, force=args.force)

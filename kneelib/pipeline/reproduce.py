@@ -156,7 +156,7 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
 
 def _say_verdict(data: Path, log: Callable[[str], None]) -> None:
     """Print how ``data`` compares with the paper's data set (``kneelib data verify``): a warning, not a stop."""
-    from kneelib.data.verify import verdict_line
+    from kneelib.data.paper.verify import verdict_line
 
     try:
         log(f"{data}: {verdict_line(data)}")

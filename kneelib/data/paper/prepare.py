@@ -5,7 +5,7 @@ manifest (whatever folder it sat in under SRC). A file with the paper's bytes is
 copy; ``symlink`` on request); any other file is decoded and passed through kneelib's one preprocessing
 (:func:`kneelib.data.transforms.preprocess`: resize to 224 px with area interpolation, then — when
 ``clahe`` says so — the paper's CLAHE) and written as PNG. ``clahe="auto"`` applies CLAHE when
-:mod:`kneelib.data.pixel_check` finds the copy unprocessed (or cannot tell, for the 299 px copy, which
+:mod:`kneelib.data.paper.pixel_check` finds the copy unprocessed (or cannot tell, for the 299 px copy, which
 is published without it). On the real 299 px raw sample this reproduces the kneeKL224 files to a mean
 absolute difference of 2.07 grey levels (worst file 2.84; ``tests/test_data_verify.py``).
 
@@ -27,9 +27,9 @@ from pathlib import Path
 from kneelib.atomic import atomic_dir
 from kneelib.data.io import image_size, read_image
 from kneelib.data.layout import SPLITS, Sample
+from kneelib.data.paper.report import PRIMARY, Placement, VerifyReport, verdict
+from kneelib.data.paper.verify import WORKERS, run_parallel, verify
 from kneelib.data.split import check_output_location, place_file
-from kneelib.data.verify import PRIMARY, WORKERS, Placement, VerifyReport, run_parallel, verify
-from kneelib.data.verify_text import verdict
 from kneelib.errors import KneelibError
 
 PREPARE_INFO = "prepare.json"

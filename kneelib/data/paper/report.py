@@ -1,19 +1,127 @@
-"""Words for a :class:`~kneelib.data.verify.VerifyReport`: variant tags, the verdict, advice, the text report."""
+"""The report of a comparison with the paper's data set: its records (:class:`VerifyReport`, :class:`Finding`, ...)
+and its words (variant tags, the verdict, advice, the text report)."""
 
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from kneelib.data.layout import SPLITS
+from kneelib.data.paper.manifest import Entry
+from kneelib.data.paper.pixel_check import ClaheCheck
 
-if TYPE_CHECKING:
-    from kneelib.data.verify import Finding, VerifyReport
-
+KINDS = ("match", "missing", "relabelled", "changed", "extra")  #: the count columns (duplicates count as extra)
+PRIMARY = ("match", "relabelled", "changed")  #: statuses of the one file that stands for a paper crop
 COLUMNS = ("expected", "match", "missing", "relabelled", "changed", "extra")
 LISTED = 20  #: files listed per kind in the text report
 TAGS = {"paper": "kneeKL224", "other-pixels": "kneeKL224-other-preprocessing", "kneeKL299": "kneeKL299",
         "other-size": "other-size", "unrelated": "unknown"}
+
+
+@dataclass(frozen=True)
+class Found:
+    """One image under DIR: where it sits (split/grade, or the extra folder it is in) and its size."""
+
+    path: Path
+    rel: str
+    split: str | None
+    grade: int | None
+    size: int
+    extra_folder: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.split}/{self.grade}" if self.split else f"grade {self.grade}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A file that is not a match: ``kind``, its name, the paper's place, where it is found, a detail."""
+
+    kind: str
+    file: str
+    expected: str | None = None
+    found: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ExtraFolder:
+    """A folder outside the layout: its images, how many carry paper names (per split), how many are identical."""
+
+    name: str
+    images: int
+    paper_names: dict[str, int]
+    identical: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A file of the layout with its paper entry (None for extras) and status (for ``prepare``)."""
+
+    found: Found
+    entry: Entry | None
+    status: str
+    identical: bool
+
+
+@dataclass
+class VerifyReport:
+    """The comparison of one folder with the paper's manifest."""
+
+    source: str
+    manifest: str
+    layout: str
+    n_images: int
+    counts: dict[str, dict[int, dict[str, int]]]
+    findings: list[Finding]
+    extra_folders: list[ExtraFolder]
+    content: str  #: paper | other-pixels | kneeKL299 | other-size | unrelated
+    image_size: tuple[int, int] | None
+    clahe: ClaheCheck | None
+    seconds: float
+    placements: list[Placement] = field(default_factory=list, repr=False)
+
+    @property
+    def exact(self) -> bool:
+        """Every paper file in its place (split folders, or a manifest with splits) with its bytes; nothing else."""
+        return not self.findings and not self.extra_folders and self.content == "paper" and self.layout != "pool"
+
+    def kind_count(self, kind: str) -> int:
+        return sum(1 for f in self.findings if f.kind == kind)
+
+    def split_totals(self) -> dict[str, dict[str, int]]:
+        """Per split: the counts summed over grades."""
+        out: dict[str, dict[str, int]] = {}
+        for split, grades in self.counts.items():
+            total = Counter()
+            for row in grades.values():
+                total.update(row)
+            out[split] = {k: total.get(k, 0) for k in ("expected", *KINDS)}
+        return out
+
+    def variant(self) -> list[str]:
+        """Short tags of the kind of copy: ``exact`` or e.g. ``["kneeKL299", "pool"]``."""
+        return variant_tags(self)
+
+    def to_json(self) -> dict:
+        """The report as JSON-ready data (every finding listed)."""
+        return {
+            "source": self.source, "manifest": self.manifest, "exact": self.exact, "variant": self.variant(),
+            "verdict": verdict(self), "layout": self.layout, "images": self.n_images,
+            "content": self.content, "image_size": list(self.image_size) if self.image_size else None,
+            "counts": {s: {str(g): row for g, row in grades.items()} for s, grades in self.counts.items()},
+            "findings": [asdict(f) for f in self.findings],
+            "extra_folders": [asdict(e) for e in self.extra_folders],
+            "clahe": self.clahe.to_json() if self.clahe else None,
+            "advice": advice(self), "seconds": round(self.seconds, 3),
+        }
+
+    def render(self) -> str:
+        """The human report (tables, files by name, what to do)."""
+        return render(self)
 
 
 def variant_tags(r: VerifyReport) -> list[str]:

@@ -9,12 +9,12 @@ when it was made; the test images were not):
 * ``pixels``: the first 16 hex digits of the sha256 of the decoded grey image (uint8, row-major, as
   :func:`kneelib.data.io.read_image` returns it) — equal pixels under other file bytes (re-encoded PNG);
 * ``thumb``: the image's 4x4 block means (``cv2.resize(..., (4, 4), INTER_AREA)``), 16 bytes in hex — a
-  fingerprint coarse enough to compare a user's copy after other processing (see :mod:`kneelib.data.pixel_check`).
+  fingerprint coarse enough to compare a user's copy after other processing (see :mod:`kneelib.data.paper.pixel_check`).
 
 It was made from the development copy with::
 
-    python -m kneelib.data.paper_manifest ../shared/data/kneeKL224-manifest.csv ../shared/data/kneeKL224 \\
-        kneelib/data/assets/paper_manifest.csv.gz
+    python -m kneelib.data.paper.manifest ../shared/data/kneeKL224-manifest.csv ../shared/data/kneeKL224 \\
+        kneelib/data/paper/assets/paper_manifest.csv.gz
 
 (:func:`build_paper_manifest`: every file's sha256 is checked against the source CSV before its pixels
 are read). :func:`load_manifest` also reads a plain CSV with at least ``split, grade, file, bytes, sha256``.
@@ -176,5 +176,5 @@ def build_paper_manifest(source_csv: str | os.PathLike, images: str | os.PathLik
     return len(rows)
 
 
-if __name__ == "__main__":  # python -m kneelib.data.paper_manifest SOURCE_CSV IMAGES DEST
+if __name__ == "__main__":  # python -m kneelib.data.paper.manifest SOURCE_CSV IMAGES DEST
     print(build_paper_manifest(*sys.argv[1:4]), "rows written to", sys.argv[3])

@@ -1,7 +1,7 @@
 """What differs in a file that carries a paper file's name but other bytes, and would CLAHE explain it?
 
 Only hashes and two small fingerprints of the paper's train/val images travel with kneelib (see
-:mod:`kneelib.data.paper_manifest`), never their pixels, so the questions are answered against those:
+:mod:`kneelib.data.paper.manifest`), never their pixels, so the questions are answered against those:
 
 * same pixels? The decoded grey image's digest equals the reference's: another encoding of the same image.
 * same picture? Resize to 224 px (area) and compare the 4x4 block means with the reference's thumbnail:
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kneelib.data.io import read_image
-from kneelib.data.paper_manifest import Entry, pixel_digest, thumbnail
+from kneelib.data.paper.manifest import Entry, pixel_digest, thumbnail
 from kneelib.errors import KneelibError
 
 PAPER_SIZE = 224

@@ -8,7 +8,7 @@ paper file found nowhere is ``missing``. Folders outside the layout (e.g. ``auto
 not matched. A file is hashed only when its size could match (same name and byte count, or an unknown
 name whose size some paper file has), with a thread pool: the 6,604 train/val crops take about a second
 when the page cache holds them. Changed files are decoded and compared with the reference pixels
-(:mod:`kneelib.data.pixel_check`) to tell another encoding, another size (kneeKL299) and missing CLAHE
+(:mod:`kneelib.data.paper.pixel_check`) to tell another encoding, another size (kneeKL299) and missing CLAHE
 apart. Only ``exact`` (every paper file matched, nothing else) counts as the paper's data set.
 """
 
@@ -21,127 +21,20 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from kneelib.data import verify_text
 from kneelib.data.io import image_size, is_image_file
 from kneelib.data.layout import GRADE_DIRS, MANIFEST_NAME, SPLITS, read_manifest
-from kneelib.data.paper_manifest import Entry, PaperManifest, load_manifest
-from kneelib.data.pixel_check import ClaheCheck, PixelCheck, check_file, clahe_verdict, sample_evenly
+from kneelib.data.paper.manifest import PaperManifest, load_manifest
+from kneelib.data.paper.pixel_check import PixelCheck, check_file, clahe_verdict, sample_evenly
+from kneelib.data.paper.report import KINDS, PRIMARY, ExtraFolder, Finding, Found, Placement, VerifyReport, verdict
 from kneelib.errors import KneelibError
 
-KINDS = ("match", "missing", "relabelled", "changed", "extra")  #: the count columns (duplicates count as extra)
-PRIMARY = ("match", "relabelled", "changed")  #: statuses of the one file that stands for a paper crop
 DETAILED = 50  #: a copy of the paper's files: at most this many changed files are decoded and described
 WORKERS = 8
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Found:
-    """One image under DIR: where it sits (split/grade, or the extra folder it is in) and its size."""
-
-    path: Path
-    rel: str
-    split: str | None
-    grade: int | None
-    size: int
-    extra_folder: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.split}/{self.grade}" if self.split else f"grade {self.grade}"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """A file that is not a match: ``kind``, its name, the paper's place, where it is found, a detail."""
-
-    kind: str
-    file: str
-    expected: str | None = None
-    found: str | None = None
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class ExtraFolder:
-    """A folder outside the layout: its images, how many carry paper names (per split), how many are identical."""
-
-    name: str
-    images: int
-    paper_names: dict[str, int]
-    identical: int
-
-
-@dataclass(frozen=True)
-class Placement:
-    """A file of the layout with its paper entry (None for extras) and status (for ``prepare``)."""
-
-    found: Found
-    entry: Entry | None
-    status: str
-    identical: bool
-
-
-@dataclass
-class VerifyReport:
-    """The comparison of one folder with the paper's manifest."""
-
-    source: str
-    manifest: str
-    layout: str
-    n_images: int
-    counts: dict[str, dict[int, dict[str, int]]]
-    findings: list[Finding]
-    extra_folders: list[ExtraFolder]
-    content: str  #: paper | other-pixels | kneeKL299 | other-size | unrelated
-    image_size: tuple[int, int] | None
-    clahe: ClaheCheck | None
-    seconds: float
-    placements: list[Placement] = field(default_factory=list, repr=False)
-
-    @property
-    def exact(self) -> bool:
-        """Every paper file in its place (split folders, or a manifest with splits) with its bytes; nothing else."""
-        return not self.findings and not self.extra_folders and self.content == "paper" and self.layout != "pool"
-
-    def kind_count(self, kind: str) -> int:
-        return sum(1 for f in self.findings if f.kind == kind)
-
-    def split_totals(self) -> dict[str, dict[str, int]]:
-        """Per split: the counts summed over grades."""
-        out: dict[str, dict[str, int]] = {}
-        for split, grades in self.counts.items():
-            total = Counter()
-            for row in grades.values():
-                total.update(row)
-            out[split] = {k: total.get(k, 0) for k in ("expected", *KINDS)}
-        return out
-
-    def variant(self) -> list[str]:
-        """Short tags of the kind of copy: ``exact`` or e.g. ``["kneeKL299", "pool"]``."""
-        return verify_text.variant_tags(self)
-
-    def to_json(self) -> dict:
-        """The report as JSON-ready data (every finding listed)."""
-        return {
-            "source": self.source, "manifest": self.manifest, "exact": self.exact, "variant": self.variant(),
-            "verdict": verify_text.verdict(self), "layout": self.layout, "images": self.n_images,
-            "content": self.content, "image_size": list(self.image_size) if self.image_size else None,
-            "counts": {s: {str(g): row for g, row in grades.items()} for s, grades in self.counts.items()},
-            "findings": [asdict(f) for f in self.findings],
-            "extra_folders": [asdict(e) for e in self.extra_folders],
-            "clahe": self.clahe.to_json() if self.clahe else None,
-            "advice": verify_text.advice(self), "seconds": round(self.seconds, 3),
-        }
-
-    def render(self) -> str:
-        """The human report (tables, files by name, what to do)."""
-        return verify_text.render(self)
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -376,4 +269,4 @@ def verify(source: str | os.PathLike, *, manifest: str | os.PathLike | None = No
 def verdict_line(source: str | os.PathLike, *, manifest: str | os.PathLike | None = None,
                  progress: bool | None = False) -> str:
     """One or two lines on ``source`` against the paper's data set (for the profiles and ``01_data``)."""
-    return verify_text.verdict(verify(source, manifest=manifest, progress=progress), with_hint=True)
+    return verdict(verify(source, manifest=manifest, progress=progress), with_hint=True)
