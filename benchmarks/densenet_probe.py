@@ -43,7 +43,7 @@ from kneelib.data.schemes import get_scheme  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 from kneelib.evaluate.runs import input_batch  # noqa: E402
 from kneelib.models.registry import build_model, get_spec  # noqa: E402
-from kneelib.train import TrainConfig, recipes, steps, train  # noqa: E402
+from kneelib.train import TrainConfig, optim, steps, train  # noqa: E402
 from kneelib.train.checkpoint import LAST  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "kneeKL224"
@@ -135,14 +135,14 @@ def apply_patch(patch: dict) -> None:
 
     def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                        steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
-        warmup = recipes.warmup_steps(config, steps_per_epoch)
+        warmup = optim.warmup_steps(config, steps_per_epoch)
         factor = (lambda step: (step + 1) / warmup if step < warmup else 1.0)  # noqa: E731
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
     if patch.keys() & {"head_lr_mult", "betas", "trust_lr"}:
-        recipes.make_optimizer = make_optimizer
+        optim.make_optimizer = make_optimizer
     if patch.get("constant_lr"):
-        recipes.make_scheduler = make_scheduler
+        optim.make_scheduler = make_scheduler
 
 
 def trace_steps(path: Path) -> None:

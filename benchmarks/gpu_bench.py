@@ -29,7 +29,7 @@ from kneelib.data.layout import discover, select_split
 from kneelib.data.schemes import get_scheme
 from kneelib.models import build_model
 from kneelib.pipeline.profiles import get_profile
-from kneelib.train import recipes, runtime
+from kneelib.train import optim, runtime
 from kneelib.train.config import TrainConfig, limit_samples
 from kneelib.train.loop import LIMIT_SEED, _run_epoch, make_lazy_step, place_model
 
@@ -93,7 +93,7 @@ def train_loop_speed(arch: str, data: DeviceBatches, held: DeviceBatches, device
     model, optimizer, fmt = place_model(build_model(arch, num_classes=5), config, device,
                                         graphs=graphs and device.type == "cuda")
     steps_per_epoch = len(data) // batch_size
-    scheduler, per_step = recipes.make_scheduler(optimizer, config, max(1, steps_per_epoch))
+    scheduler, per_step = optim.make_scheduler(optimizer, config, max(1, steps_per_epoch))
     step = make_lazy_step(model, optimizer, device, config, num_classes=5, label_smoothing=config.label_smoothing,
                           graphs=graphs)
     eval_step = make_lazy_step(model, None, device, config, num_classes=5, label_smoothing=0.0, graphs=graphs)

@@ -1,7 +1,9 @@
 """The package layout is the architecture: layers import downwards only, and no module imports in a cycle.
 
 Every ``import``/``from ... import`` of a kneelib module is counted, also those inside functions (the lazy
-ones), so the check reads the source with :mod:`ast` rather than importing it.
+ones), so the check reads the source with :mod:`ast` rather than importing it. The layer check leaves out
+imports under ``if TYPE_CHECKING:`` (they never run); the circle check counts them too: two modules that need
+each other's names to be read are one concept split in two, whether or not Python would trip over it.
 """
 
 from __future__ import annotations
@@ -28,33 +30,40 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def kneelib_imports(path: Path, me: str | None = None) -> set[str]:
-    """The kneelib modules ``path`` (module ``me``) imports (``from kneelib.x import y`` counts
-    ``kneelib.x.y`` when that is a module)."""
+def imported_names(path: Path, me: str | None = None, *, typing: bool = False) -> list[tuple[str, str | None]]:
+    """``(module, name)`` for each kneelib import of ``path`` (module ``me``): ``name`` is None for
+    ``import kneelib.x``; imports under ``if TYPE_CHECKING:`` only with ``typing``."""
     tree = ast.parse(path.read_text(), filename=str(path))
     me = me or module_name(path)
-    found: set[str] = set()
-    # Imports under ``if TYPE_CHECKING:`` never run: they annotate, they do not depend.
-    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
-                   for stmt in node.body for n in ast.walk(stmt)}
+    typing_only = set() if typing else {
+        id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+        and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+        for stmt in node.body for n in ast.walk(stmt)}
+    found: list[tuple[str, str | None]] = []
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("kneelib"))
+            found += [(a.name, None) for a in node.names if a.name.startswith("kneelib")]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative import
                 base = ".".join(me.split(".")[: len(me.split(".")) - node.level + (path.name == "__init__.py")]
                                 + ([base] if base else []))
-            if not base.startswith("kneelib"):
-                continue
-            found.add(base)
-            for alias in node.names:
-                candidate = f"{base}.{alias.name}"
-                if candidate in ALL_MODULES:
-                    found.add(candidate)
+            if base.startswith("kneelib"):
+                found += [(base, alias.name) for alias in node.names]
+    return found
+
+
+def kneelib_imports(path: Path, me: str | None = None, *, typing: bool = False) -> set[str]:
+    """The kneelib modules ``path`` (module ``me``) imports (``from kneelib.x import y`` counts
+    ``kneelib.x.y`` when that is a module)."""
+    me = me or module_name(path)
+    found: set[str] = set()
+    for base, name in imported_names(path, me, typing=typing):
+        found.add(base)
+        if name and f"{base}.{name}" in ALL_MODULES:
+            found.add(f"{base}.{name}")
     found.discard(me)
     return found
 
@@ -111,30 +120,74 @@ def test_no_module_imports_a_higher_layer(path: Path) -> None:
     check_layers(module_name(path), kneelib_imports(path))
 
 
-def test_no_import_cycles() -> None:
-    graph = {module_name(p): {t for t in kneelib_imports(p) if t in ALL_MODULES} for p in SOURCES}
-    # A package's __init__ re-exports its modules: edges into a package stand for edges into its members,
-    # so only module-to-module edges (not via __init__) can form a real cycle.
-    packages = {m for m, p in zip(map(module_name, SOURCES), SOURCES) if p.name == "__init__.py"}
-    graph = {m: {t for t in deps if t not in packages} for m, deps in graph.items() if m not in packages}
+def import_graph() -> dict[str, set[str]]:
+    """Module → the kneelib modules it imports, anywhere in it (``TYPE_CHECKING`` included).
+
+    A package's ``__init__`` only re-exports, so an import of a package stands for the module that defines
+    the name: ``from kneelib.train import TrainConfig`` is an edge to ``kneelib.train.config``. What a package
+    ``__init__`` itself imports is left out: importing a member always runs its package first, so those edges
+    would make every re-exporting package a circle."""
+    packages = {module_name(p): p for p in SOURCES if p.name == "__init__.py"}
+    exports = {pkg: {name: base for base, name in imported_names(path, pkg, typing=True) if name}
+               for pkg, path in packages.items()}
+    graph: dict[str, set[str]] = {}
+    for path in SOURCES:
+        me = module_name(path)
+        if me in packages:
+            continue
+        deps = set()
+        for base, name in imported_names(path, me, typing=True):
+            if name and f"{base}.{name}" in ALL_MODULES:
+                deps.add(f"{base}.{name}")
+            elif base in packages:
+                deps.add(exports[base].get(name or "", base))
+            else:
+                deps.add(base)
+        graph[me] = {d for d in deps if d in ALL_MODULES and d not in packages and d != me}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (``[a, b, ..., a]``), or None."""
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def visit(node: str) -> None:
+    def visit(node: str) -> list[str] | None:
         state[node] = 1
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
-                pytest.fail("import cycle: " + " -> ".join(cycle))
-            if nxt not in state:
-                visit(nxt)
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
         stack.pop()
         state[node] = 2
+        return None
 
     for module in sorted(graph):
-        if module not in state:
-            visit(module)
+        if module not in state and (cycle := visit(module)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
+
+
+def test_the_cycle_check_sees_typing_and_re_exported_imports(tmp_path: Path) -> None:
+    """A circle closed by an import under ``TYPE_CHECKING`` or through a package's re-export is found."""
+    a = tmp_path / "a.py"
+    a.write_text("from typing import TYPE_CHECKING\n"
+                 "if TYPE_CHECKING:\n    from kneelib.train.config import TrainConfig\n")
+    assert "kneelib.train.config" not in kneelib_imports(a, "kneelib.train.a")
+    assert "kneelib.train.config" in kneelib_imports(a, "kneelib.train.a", typing=True)
+    assert find_cycle({"m.a": {"m.b"}, "m.b": {"m.c"}, "m.c": {"m.a"}}) == ["m.a", "m.b", "m.c", "m.a"]
+    assert find_cycle({"m.a": {"m.b"}, "m.b": set()}) is None
+    graph = import_graph()
+    # ``from kneelib.evaluate import ensemble_probabilities``: an edge to the module that defines it
+    assert "kneelib.evaluate.ensemble" in graph["kneelib.serve.predict"]
+    assert "kneelib.data.paper.verify" not in graph["kneelib.data.paper.report"]
 
 
 def test_the_checker_sees_lazy_and_from_imports(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kneelib.models.registry import build_model
-from kneelib.train import TrainConfig, recipes, steps
+from kneelib.train import TrainConfig, optim, steps
 
 PROBE = Path(__file__).resolve().parents[1] / "benchmarks" / "densenet_probe.py"
 
@@ -18,8 +18,8 @@ PROBE = Path(__file__).resolve().parents[1] / "benchmarks" / "densenet_probe.py"
 @pytest.fixture()
 def probe(monkeypatch: pytest.MonkeyPatch):
     """The probe module, with the recipe functions it replaces restored after the test."""
-    monkeypatch.setattr(recipes, "make_optimizer", recipes.make_optimizer)
-    monkeypatch.setattr(recipes, "make_scheduler", recipes.make_scheduler)
+    monkeypatch.setattr(optim, "make_optimizer", optim.make_optimizer)
+    monkeypatch.setattr(optim, "make_scheduler", optim.make_scheduler)
     monkeypatch.setattr(steps.EagerStep, "__call__", steps.EagerStep.__call__)
     spec = importlib.util.spec_from_file_location("kneelib_densenet_probe", PROBE)
     module = importlib.util.module_from_spec(spec)
@@ -31,13 +31,13 @@ def test_patch_scales_the_head_and_keeps_the_peak(probe) -> None:
     config = TrainConfig.from_recipe("scratch", arch="resnet18", scheme="kl5", epochs=2, device="cpu")
     probe.apply_patch({"head_lr_mult": 10, "betas": [0.9, 0.99], "constant_lr": True})
     model = build_model("resnet18", num_classes=5)
-    optimizer = recipes.make_optimizer(model, config, fused=False)
+    optimizer = optim.make_optimizer(model, config, fused=False)
     body, head = optimizer.param_groups
     assert head["lr"] == pytest.approx(10 * config.lr) and body["lr"] == pytest.approx(config.lr)
     assert {id(p) for p in head["params"]} == {id(p) for p in model.fc.parameters()}
     assert len(body["params"]) + len(head["params"]) == len(list(model.parameters()))
     assert body["betas"] == (0.9, 0.99) and isinstance(optimizer, torch.optim.AdamW)
-    scheduler, per_step = recipes.make_scheduler(optimizer, config, steps_per_epoch=4)
+    scheduler, per_step = optim.make_scheduler(optimizer, config, steps_per_epoch=4)
     factors = []
     for _ in range(8):
         factors.append(optimizer.param_groups[0]["lr"] / config.lr)

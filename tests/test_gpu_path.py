@@ -13,7 +13,7 @@ import torch
 from no_sync import forbid_host_sync
 
 from kneelib.train import checkpoint as ckpt
-from kneelib.train import recipes, runtime, steps
+from kneelib.train import optim, runtime, steps
 from kneelib.train.config import TrainConfig
 
 
@@ -47,9 +47,9 @@ def test_a_capturable_optimizer_with_a_tensor_lr_follows_the_float_one_through_s
     trajectories = {}
     for capturable in (False, True):
         model = _model()
-        optimizer = recipes.make_optimizer(model, config, fused=True, capturable=capturable)
+        optimizer = optim.make_optimizer(model, config, fused=True, capturable=capturable)
         assert isinstance(optimizer.param_groups[0]["lr"], torch.Tensor) == capturable
-        scheduler, per_step = recipes.make_scheduler(optimizer, config, steps_per_epoch)
+        scheduler, per_step = optim.make_scheduler(optimizer, config, steps_per_epoch)
         lrs: list[float] = []
         _train(model, optimizer, scheduler, per_step, batches[:6], lrs)
         # Resume as kneelib.train.loop does: everything through a checkpoint file, into fresh objects.
@@ -59,10 +59,10 @@ def test_a_capturable_optimizer_with_a_tensor_lr_follows_the_float_one_through_s
         last = ckpt.load_checkpoint(path)
         model = _model()
         model.load_state_dict(last["model"])
-        optimizer = recipes.make_optimizer(model, config, fused=True, capturable=capturable)
-        scheduler, per_step = recipes.make_scheduler(optimizer, config, steps_per_epoch)
+        optimizer = optim.make_optimizer(model, config, fused=True, capturable=capturable)
+        scheduler, per_step = optim.make_scheduler(optimizer, config, steps_per_epoch)
         optimizer.load_state_dict(last["optimizer"])
-        recipes.lr_to_device(optimizer, torch.device("cpu"))
+        optim.lr_to_device(optimizer, torch.device("cpu"))
         scheduler.load_state_dict(last["scheduler"])
         lr_object = optimizer.param_groups[0]["lr"]  # what a graph captured at the next batch would read
         _train(model, optimizer, scheduler, per_step, batches[6:], lrs)
@@ -114,7 +114,7 @@ def test_graph_capture_is_thread_local(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _FakeCuda()
     fake.install(monkeypatch)
     model = _model()
-    optimizer = recipes.make_optimizer(model, TrainConfig(arch="resnet18"), fused=True, capturable=True)
+    optimizer = optim.make_optimizer(model, TrainConfig(arch="resnet18"), fused=True, capturable=True)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     for opt in (optimizer, None):
         step = steps.GraphedStep(model, opt, torch.device("cpu"), batch_size=8, example=x, num_classes=3,
@@ -133,12 +133,12 @@ def test_the_weight_ema_keeps_its_counter_on_the_device_and_never_syncs() -> Non
     """On a GPU a counter on the host is copied to the device at every step, and reading it (``n == 0``)
     waits for the device: on the meta device any such read raises, and on a CPU the guard does."""
     model = _bn_model().to("meta")
-    ema = recipes.make_ema(model, 0.99)
+    ema = optim.make_ema(model, 0.99)
     assert ema.n_averaged.device.type == "meta"
     ema.update_parameters(model)
     ema.update_parameters(model)
     model = _bn_model()
-    ema = recipes.make_ema(model, 0.99)
+    ema = optim.make_ema(model, 0.99)
     with forbid_host_sync():
         for _ in range(3):
             ema.update_parameters(model)
@@ -149,7 +149,7 @@ def test_the_weight_ema_averages_as_before() -> None:
     towards the model's; integer buffers are copied; the counter survives a state_dict round trip."""
     decay = 0.9
     model = _bn_model()
-    ema = recipes.make_ema(model, decay)
+    ema = optim.make_ema(model, decay)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(2)
     for n in range(6):
@@ -165,7 +165,7 @@ def test_the_weight_ema_averages_as_before() -> None:
     for k, v in expected.items():
         torch.testing.assert_close(state[k], v, rtol=1e-5, atol=1e-6)
     assert int(ema.n_averaged) == 6
-    again = recipes.make_ema(_bn_model(), decay)
+    again = optim.make_ema(_bn_model(), decay)
     again.load_state_dict(copy.deepcopy(ema.state_dict()))
     assert int(again.n_averaged) == 6
 

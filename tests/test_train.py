@@ -343,7 +343,7 @@ def test_scratch_recipe_resumes_exactly(data: Path, cache: DecodeCache, tmp_path
 
 
 def test_prior_bias_starts_the_head_at_the_training_prior(data: Path, cache: DecodeCache, tmp_path: Path) -> None:
-    from kneelib.train.recipes import init_head_to_prior
+    from kneelib.train.optim import init_head_to_prior
 
     head = torch.nn.Linear(8, 5)
     init_head_to_prior(head, torch.tensor([0, 0, 0, 1, 2, 2]))

@@ -138,7 +138,7 @@ def time_steps(arch: str, *, image_size: int, batch_size: int, num_classes: int 
     from kneelib.models.registry import build_model
     from kneelib.train import runtime
     from kneelib.train.config import TrainConfig
-    from kneelib.train.recipes import make_optimizer
+    from kneelib.train.optim import make_optimizer
     from kneelib.train.steps import EagerStep
 
     dev = runtime.resolve_device(device)

@@ -1,6 +1,8 @@
 """kneelib.train: fit one run of a recipe → ``RUN_DIR`` (config.json, history.csv, best.pt, last.pt).
 
-``TrainConfig`` (:mod:`~kneelib.train.config`) is the one hyperparameter dataclass; :func:`train`
+``TrainConfig`` (:mod:`~kneelib.train.config`) is the one hyperparameter dataclass, its named presets the
+recipes of :mod:`~kneelib.train.recipes`; :mod:`~kneelib.train.optim` builds the optimiser, schedule and weight
+average a config asks for; :func:`train`
 (:mod:`~kneelib.train.loop`) runs it — resumable, deterministic on CPU; :mod:`~kneelib.train.checkpoint`
 writes and reads the run files atomically; :mod:`~kneelib.train.runtime` resolves devices, seeds RNGs
 and records versions.

@@ -29,7 +29,7 @@ from kneelib.data.schemes import get_scheme
 from kneelib.errors import KneelibError
 from kneelib.models.registry import build_model, get_spec
 from kneelib.train import checkpoint as ckpt
-from kneelib.train import recipes, runtime
+from kneelib.train import optim, runtime
 from kneelib.train.config import (
     TrainConfig,
     config_mismatch,
@@ -90,7 +90,7 @@ def _order(dataset: KneeDataset, config: TrainConfig, epoch: int | None,
     if generator is None:
         generator = torch.Generator().manual_seed(runtime.derive_seed(config.seed, epoch, 1))
     if config.balanced:  # each class drawn equally often, with replacement
-        weights = recipes.class_balanced_weights(dataset.targets)
+        weights = optim.class_balanced_weights(dataset.targets)
         return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
     return torch.randperm(n, generator=generator).tolist()
 
@@ -145,7 +145,7 @@ def place_model(model: nn.Module, config: TrainConfig, device: torch.device, *, 
     model = model.to(device, memory_format=memory_format)
     # The fused kernel does the same update; on a CPU at batch 8 it cuts the step from ~1/3 of the
     # iteration (ResNet-50: 0.20 s -> 0.06 s of 0.61 s) to a tenth.
-    optimizer = recipes.make_optimizer(model, config, fused=device.type in ("cpu", "cuda"), capturable=graphs)
+    optimizer = optim.make_optimizer(model, config, fused=device.type in ("cpu", "cuda"), capturable=graphs)
     return model, optimizer, memory_format
 
 
@@ -301,11 +301,11 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
     model = build_model(config.arch, num_classes=scheme.num_classes,  # resume: last.pt has weights
                         weights=None if resuming else config.weights, progress=bar)
     if config.prior_bias and not resuming:
-        recipes.init_head_to_prior(getattr(model, get_spec(config.arch).head), datasets["train"].targets)
+        optim.init_head_to_prior(getattr(model, get_spec(config.arch).head), datasets["train"].targets)
     model, optimizer, memory_format = place_model(model, config, device, graphs=graphs)
     steps_per_epoch = _train_steps(len(datasets["train"]), config.batch_size)
-    scheduler, per_step = recipes.make_scheduler(optimizer, config, steps_per_epoch)
-    ema = recipes.make_ema(model, config.ema_decay)
+    scheduler, per_step = optim.make_scheduler(optimizer, config, steps_per_epoch)
+    ema = optim.make_ema(model, config.ema_decay)
     kept = model if ema is None else ema.module  # the weights validated and kept
 
     def lazy_step(module: nn.Module, opt: torch.optim.Optimizer | None, smoothing: float) -> _LazyStep:
@@ -331,7 +331,7 @@ def _train(config: TrainConfig, *, data_dir: Path, out: Path, resume: bool, prog
             if ema is not None:
                 ema.load_state_dict(last["ema"])
             optimizer.load_state_dict(last["optimizer"])
-            recipes.lr_to_device(optimizer, device)  # a capturable optimizer's lr lives on the GPU
+            optim.lr_to_device(optimizer, device)  # a capturable optimizer's lr lives on the GPU
             scheduler.load_state_dict(last["scheduler"])
             runtime.set_rng_state(last["rng"])
         except (KeyError, RuntimeError, ValueError) as exc:

@@ -5,7 +5,7 @@ the FLOPs and cost 2.5× the time eagerly). :class:`GraphedStep` captures the wh
 backward and the optimizer update, or the forward alone for evaluation — once, into a CUDA graph, and
 replays it for every full batch; a smaller last batch runs eagerly on the same weights. Capture needs a
 ``capturable`` optimizer whose learning rate is a device tensor (so schedules change it in place):
-:func:`kneelib.train.recipes.make_optimizer` builds one when asked. Where capture is impossible (a CPU,
+:func:`kneelib.train.optim.make_optimizer` builds one when asked. Where capture is impossible (a CPU,
 or capture fails) :func:`make_step` returns the eager step and says why.
 """
 
