@@ -78,8 +78,9 @@ PROFILES: dict[str, Profile] = {
 
 
 #: GPU memory one training run may take at batch 32, 224 px under bf16 autocast, with its data on the device and
-#: its train and eval CUDA graphs: an upper bound for the eight architectures, to be replaced by the
-#: peak measured by ``benchmarks/gpu_check.sh`` (not yet run: no GPU in development).
+#: its train and eval CUDA graphs: an upper bound for the eight architectures, to be replaced by what
+#: ``benchmarks/gpu_check.sh`` measures (not yet run: no GPU in development): memory.json's ``per_run_max_gib``,
+#: a real run's max_memory_reserved plus its CUDA context (config.json's gpu_memory), checked with two at once.
 RUN_GPU_GIB = 8.0
 
 
