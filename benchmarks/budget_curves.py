@@ -13,7 +13,7 @@ threads are governed (:mod:`kneelib.train.threads`), so times measured beside ot
     python benchmarks/budget_curves.py --timing --sizes 64 96 128 --json benchmarks/results/epoch_seconds_cpu.json
 
 ``--timing`` writes the seconds of one epoch (train' and val') of every architecture at each size, from the
-projection's timed steps (:func:`kneelib.pipeline.progress.project_sweep`), and trains nothing.
+projection's timed steps (:func:`kneelib.pipeline.projection.project_sweep`), and trains nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from kneelib.data.layout import discover, select_split  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 from kneelib.evaluate import evaluate_runs  # noqa: E402
 from kneelib.pipeline.profiles import ALL_ARCHS  # noqa: E402
-from kneelib.pipeline.progress import project_sweep  # noqa: E402
+from kneelib.pipeline.projection import project_sweep  # noqa: E402
 from kneelib.report.paper import display_name  # noqa: E402
 from kneelib.train import TrainConfig, runtime, train  # noqa: E402
 from kneelib.train.checkpoint import read_history  # noqa: E402

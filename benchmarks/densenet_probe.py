@@ -41,7 +41,7 @@ from torch import nn  # noqa: E402
 from kneelib.data.layout import discover, select_split  # noqa: E402
 from kneelib.data.schemes import get_scheme  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
-from kneelib.evaluate.runs import input_batch  # noqa: E402
+from kneelib.evaluate.inference import input_batch  # noqa: E402
 from kneelib.models.registry import build_model, get_spec  # noqa: E402
 from kneelib.train import TrainConfig, optim, steps, train  # noqa: E402
 from kneelib.train.checkpoint import LAST  # noqa: E402

@@ -61,7 +61,7 @@ def test_the_shipped_curves_load_and_malformed_ones_are_refused() -> None:
 
 def test_plan_times_every_size_and_returns_the_profile_to_run(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from kneelib.pipeline import progress
+    from kneelib.pipeline import projection
     from kneelib.synthetic.crops import generate_dataset
 
     data = tmp_path / "data"
@@ -74,7 +74,7 @@ def test_plan_times_every_size_and_returns_the_profile_to_run(tmp_path: Path,
         timed.append((arch, image_size))
         return (1e-3 * (image_size / 64) ** 2, 1e-4)
 
-    monkeypatch.setattr(progress, "time_steps", fake_steps)
+    monkeypatch.setattr(projection, "time_steps", fake_steps)
     profile = get_profile("cpu", archs=["resnet18", "densenet121"], seeds=[21])
     chosen, budget = plan(profile, data, 1.0, curves=CURVES)
     assert {size for _, size in timed} == {64, 128}

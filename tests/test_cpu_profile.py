@@ -22,7 +22,7 @@ from kneelib.data.split import MIN_INNER_VAL_PER_GRADE, held_out_split, patients
 from kneelib.errors import KneelibError
 from kneelib.evaluate.metrics import paired_difference_ci
 from kneelib.pipeline.profiles import get_profile
-from kneelib.pipeline.progress import Projection, SweepProgress, project_sweep, time_data, time_steps, trained_so_far
+from kneelib.pipeline.projection import Projection, SweepProgress, project_sweep, time_data, time_steps, trained_so_far
 from kneelib.train import runtime
 from kneelib.train.config import TrainConfig
 from kneelib.train.recipes import FAMILY_FIELDS, RECIPES, arch_family, recipe_fields
@@ -147,7 +147,7 @@ def test_projection_of_a_resumed_sweep_counts_only_what_is_left(tmp_path: Path) 
 
 def test_projection_keeps_each_architectures_faster_round(monkeypatch: pytest.MonkeyPatch) -> None:
     """A slow minute of the shared machine inflates the architectures timed in it; a second round corrects it."""
-    from kneelib.pipeline import progress
+    from kneelib.pipeline import projection as timing
 
     calls = []
 
@@ -156,13 +156,13 @@ def test_projection_keeps_each_architectures_faster_round(monkeypatch: pytest.Mo
         slow = len(calls) <= 2  # the machine is slow while the first round times both architectures
         return (0.3, 0.03) if slow else (0.1, 0.01)
 
-    monkeypatch.setattr(progress, "time_steps", fake)
+    monkeypatch.setattr(timing, "time_steps", fake)
     counts = {"train": 100, "val": 10, "test": 20}
     projection = project_sweep(["a", "b", "c"], counts, epochs=2, image_size=64, batch_size=4, runs_per_arch=1,
                                done={"c": (1, 0)})
-    assert calls == ["a", "b"] * progress.TIMED_ROUNDS  # round-robin; c finished earlier and is not timed
+    assert calls == ["a", "b"] * timing.TIMED_ROUNDS  # round-robin; c finished earlier and is not timed
     assert projection.train_seconds == {"a": 0.1, "b": 0.1, "c": 0.0} and projection.eval_seconds["a"] == 0.01
-    assert f"from {progress.TIMED_ROUNDS} rounds of {progress.TIMED_STEPS} timed steps" in projection.describe()
+    assert f"from {timing.TIMED_ROUNDS} rounds of {timing.TIMED_STEPS} timed steps" in projection.describe()
 
 
 def test_projection_counts_the_host_data_pipeline(tmp_path: Path) -> None:

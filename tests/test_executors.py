@@ -91,11 +91,11 @@ def test_a_training_task_leaves_the_working_directory_where_it_was(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker runs several tasks: the evaluation's change of directory must not move the next task's
     (relative) output, which once landed under notebooks/ instead of --out."""
-    import kneelib.evaluate.sweep as sweep
+    from kneelib.evaluate import sweep_groups
 
     seen = []
     monkeypatch.setattr(executors, "timed_notebook", lambda *args, **kwargs: seen.append(os.getcwd()) or 0.0)
-    monkeypatch.setattr(sweep, "evaluate_group", lambda *args, **kwargs: seen.append(os.getcwd()))
+    monkeypatch.setattr(sweep_groups, "evaluate_group", lambda *args, **kwargs: seen.append(os.getcwd()))
     monkeypatch.chdir(tmp_path)
     parameters = {"threads": 0, "runs_dir": "../runs/x/runs", "data_dir": "d", "arch": "resnet18", "scheme": "kl4",
                   "seeds": [21], "device": "cpu"}

@@ -1,4 +1,4 @@
-"""kneelib.evaluate.sweep: group evaluation with its cache, and the bridge to report.results_table."""
+"""kneelib.evaluate.sweep_groups: group evaluation with its cache, and the bridge to report.results_table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from fakes import make_data, make_run
 
 from kneelib.errors import KneelibError
-from kneelib.evaluate import sweep
+from kneelib.evaluate import sweep_groups
 from kneelib.train.config import run_name
 
 
@@ -25,48 +25,48 @@ def sweep_dir(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_group_is_evaluated_once_then_cached(sweep_dir: tuple[Path, Path], monkeypatch) -> None:
     out, data = sweep_dir
-    metrics, preds = sweep.evaluate_group(out, data, "resnet18", "kl4", [21, 42, 84], progress=False)
+    metrics, preds = sweep_groups.evaluate_group(out, data, "resnet18", "kl4", [21, 42, 84], progress=False)
     assert sorted(metrics["models"]) == ["resnet18_kl4_s21", "resnet18_kl4_s42"]
-    assert metrics["ensemble"] is not None and metrics["code"] == sweep.code_fingerprint()
+    assert metrics["ensemble"] is not None and metrics["code"] == sweep_groups.code_fingerprint()
     assert (out / "eval" / "resnet18_kl4" / "metrics.json").is_file()
 
     def boom(*a, **k):
         raise AssertionError("re-evaluated although the cache is valid")
 
-    monkeypatch.setattr(sweep, "evaluate_runs", boom)
-    again, preds2 = sweep.evaluate_group(out, data, "resnet18", "kl4", [21, 42, 84], progress=False)
+    monkeypatch.setattr(sweep_groups, "evaluate_runs", boom)
+    again, preds2 = sweep_groups.evaluate_group(out, data, "resnet18", "kl4", [21, 42, 84], progress=False)
     assert again["ensemble"]["accuracy"] == metrics["ensemble"]["accuracy"]
     assert len(preds2) == len(preds)
 
 
 def test_cache_is_invalidated_by_new_checkpoint_or_code(sweep_dir: tuple[Path, Path], monkeypatch) -> None:
     out, data = sweep_dir
-    sweep.evaluate_group(out, data, "resnet18", "kl4", [21, 42], progress=False)
+    sweep_groups.evaluate_group(out, data, "resnet18", "kl4", [21, 42], progress=False)
     cached = out / "eval" / "resnet18_kl4" / "metrics.json"
     best = out / "runs" / "resnet18_kl4_s21" / "best.pt"
     os.utime(best, (cached.stat().st_mtime + 10, cached.stat().st_mtime + 10))
     calls = []
-    real = sweep.evaluate_runs
-    monkeypatch.setattr(sweep, "evaluate_runs", lambda *a, **k: calls.append(1) or real(*a, **k))
-    sweep.evaluate_group(out, data, "resnet18", "kl4", [21, 42], progress=False)
+    real = sweep_groups.evaluate_runs
+    monkeypatch.setattr(sweep_groups, "evaluate_runs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sweep_groups.evaluate_group(out, data, "resnet18", "kl4", [21, 42], progress=False)
     assert calls == [1]
-    monkeypatch.setattr(sweep, "code_fingerprint", lambda: "changed")
-    sweep.evaluate_group(out, data, "resnet18", "kl4", [21, 42], progress=False)
+    monkeypatch.setattr(sweep_groups, "code_fingerprint", lambda: "changed")
+    sweep_groups.evaluate_group(out, data, "resnet18", "kl4", [21, 42], progress=False)
     assert calls == [1, 1]
 
 
 def test_sweep_and_results_table_input(sweep_dir: tuple[Path, Path]) -> None:
     out, data = sweep_dir
-    results = sweep.evaluate_sweep(out, data, archs=["resnet18", "se_resnet18"], schemes=["kl4"],
+    results = sweep_groups.evaluate_sweep(out, data, archs=["resnet18", "se_resnet18"], schemes=["kl4"],
                                    seeds=[21, 42], progress=False)
     assert list(results) == [("resnet18", "kl4")]
-    table = sweep.metrics_by_run(results, "kl4")
+    table = sweep_groups.metrics_by_run(results, "kl4")
     assert {k: v[0] for k, v in table.items()} == {
         "resnet18_kl4_s21": ("resnet18", "kl4", 21), "resnet18_kl4_s42": ("resnet18", "kl4", 42)}
-    assert sweep.metrics_by_run(results, "kl5") == {}
+    assert sweep_groups.metrics_by_run(results, "kl5") == {}
     json.dumps(results[("resnet18", "kl4")])  # plain JSON
 
 
 def test_empty_sweep_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KneelibError, match="no trained runs"):
-        sweep.evaluate_sweep(tmp_path, tmp_path, archs=["resnet18"], schemes=["kl4"], seeds=[21])
+        sweep_groups.evaluate_sweep(tmp_path, tmp_path, archs=["resnet18"], schemes=["kl4"], seeds=[21])

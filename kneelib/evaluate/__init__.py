@@ -1,11 +1,11 @@
 """kneelib.evaluate: trained runs + a data split → logits → metrics, single runs and seed ensembles.
 
-:mod:`~kneelib.evaluate.runs` rebuilds a run from its ``config.json`` and runs it over images with the
+:mod:`~kneelib.evaluate.inference` rebuilds a run from its ``config.json`` and runs it over images with the
 preprocessing it recorded; :mod:`~kneelib.evaluate.ensemble` is the paper's logit-mean ensemble;
 :mod:`~kneelib.evaluate.metrics` computes accuracy, QWK, MAE, F1, ROC-AUC, ECE with bootstrap CIs (sklearn);
 :mod:`~kneelib.evaluate.calibration` fits a temperature per run on its val split;
-:mod:`~kneelib.evaluate.evaluation` writes ``metrics.json`` and per-image predictions;
-:mod:`~kneelib.evaluate.sweep` evaluates a sweep's seed groups once and caches them under ``OUT/eval``.
+:mod:`~kneelib.evaluate.split_evaluation` writes ``metrics.json`` and per-image predictions;
+:mod:`~kneelib.evaluate.sweep_groups` evaluates a sweep's seed groups once and caches them under ``OUT/eval``.
 
 May import: :mod:`kneelib.data`, :mod:`kneelib.models`, :mod:`kneelib.train` (run files, devices),
 ``errors``, ``atomic``.
@@ -13,16 +13,7 @@ May import: :mod:`kneelib.data`, :mod:`kneelib.models`, :mod:`kneelib.train` (ru
 
 from kneelib.evaluate.calibration import expected_calibration_error, fit_temperature, reliability
 from kneelib.evaluate.ensemble import ensemble_probabilities, softmax
-from kneelib.evaluate.evaluation import (
-    ALL_SPLITS,
-    calibrate_runs,
-    evaluate_runs,
-    format_summary,
-    save_metrics,
-    save_predictions,
-)
-from kneelib.evaluate.metrics import METRIC_KEYS, compute_metrics
-from kneelib.evaluate.runs import (
+from kneelib.evaluate.inference import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     ENSEMBLE,
@@ -38,6 +29,15 @@ from kneelib.evaluate.runs import (
     load_runs,
     read_run_config,
     run_logits,
+)
+from kneelib.evaluate.metrics import METRIC_KEYS, compute_metrics
+from kneelib.evaluate.split_evaluation import (
+    ALL_SPLITS,
+    calibrate_runs,
+    evaluate_runs,
+    format_summary,
+    save_metrics,
+    save_predictions,
 )
 
 __all__ = [

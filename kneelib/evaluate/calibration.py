@@ -2,7 +2,7 @@
 
 A run's temperature ``T`` divides its logits before the softmax; it is fitted on the run's own val split
 (the split that chose its checkpoint, never the test split) by minimising the negative log-likelihood,
-and stored beside the run as ``calibration.json``. :func:`kneelib.evaluate.runs.load_run` reads it, and
+and stored beside the run as ``calibration.json``. :func:`kneelib.evaluate.inference.load_run` reads it, and
 evaluation and prediction apply it. ``T`` > 0 never changes a single run's predicted grade, only how sure
 the probabilities are.
 """

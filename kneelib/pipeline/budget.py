@@ -1,7 +1,7 @@
 """``--hours``: the image size and epochs that make a CPU sweep finish in about the time it is given.
 
 Two inputs decide: how long one epoch of each architecture takes at each candidate size on *this* machine (the
-projection's timed steps, :func:`kneelib.pipeline.progress.project_sweep`), and how accuracy grows with image
+projection's timed steps, :func:`kneelib.pipeline.projection.project_sweep`), and how accuracy grows with image
 size and epochs, measured once on the real crops and shipped with kneelib (``assets/budget_curves.json``,
 written by ``benchmarks/budget_curves.py --publish``; accuracy on val', the selection split). Among the measured
 sizes, every epoch count from the smallest to the largest measured is a candidate (accuracy interpolated in
@@ -126,7 +126,7 @@ def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu
     :class:`Budget` behind them. Reads ``data`` (nothing is written); times every architecture at each size."""
     from kneelib.data.layout import discover
     from kneelib.data.split import held_out_split
-    from kneelib.pipeline.progress import project_sweep, time_data
+    from kneelib.pipeline.projection import project_sweep, time_data
 
     curves = curves or load_curves()
     samples = discover(Path(data))

@@ -43,7 +43,7 @@ def train_model(output: Path, parameters: dict[str, Any], timeout: int, split: s
     timed_notebook("03_train", output, parameters, timeout)
     import torch
 
-    from kneelib.evaluate.sweep import evaluate_group
+    from kneelib.evaluate.sweep_groups import evaluate_group
 
     if parameters["threads"]:
         torch.set_num_threads(parameters["threads"])

@@ -37,7 +37,7 @@ from kneelib.pipeline.notebooks import (
     train_parameters,
 )
 from kneelib.pipeline.profiles import Layout, Profile, resolve_jobs
-from kneelib.pipeline.progress import (
+from kneelib.pipeline.projection import (
     Projection,
     SweepProgress,
     project_sweep,

@@ -1,19 +1,13 @@
 """Tables (with the paper's numbers beside ours) and figures — the import point of the report layer.
 
 The code lives in :mod:`kneelib.report.tables`, :mod:`kneelib.report.figures` and
-:mod:`kneelib.report.explain` (Grad-CAM and bilateral figures) and :mod:`kneelib.report.recipes` (the
+:mod:`kneelib.report.gradcam_figures` (Grad-CAM and bilateral figures) and :mod:`kneelib.report.recipes` (the
 training-recipe ablation); import from here.
 Pure functions of metrics dicts, prediction/history DataFrames and arrays; the only I/O is the optional
 :func:`save_table` / :func:`save_figure` (atomic, deterministic bytes).
 """
 
 from kneelib.report.budget import budget_curves_figure, budget_table
-from kneelib.report.explain import (
-    bilateral_figure,
-    explained_examples,
-    heatmap_figure,
-    right_and_wrong,
-)
 from kneelib.report.figures import (
     choose_examples,
     confusion_matrix_figure,
@@ -25,6 +19,12 @@ from kneelib.report.figures import (
     save_figure,
     se_excitation_figure,
     select_model,
+)
+from kneelib.report.gradcam_figures import (
+    bilateral_figure,
+    explained_examples,
+    heatmap_figure,
+    right_and_wrong,
 )
 from kneelib.report.recipes import ablation_table, load_ablation, recipe_curves_figure, third_seed_table
 from kneelib.report.tables import (

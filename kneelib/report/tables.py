@@ -218,7 +218,7 @@ def results_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- SE gain per backbone
 def se_gain_table(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """What SE blocks add per backbone and scale (rows of :func:`kneelib.evaluate.sweep.se_gains`), in
+    """What SE blocks add per backbone and scale (rows of :func:`kneelib.evaluate.sweep_groups.se_gains`), in
     percentage points with its 95% intervals (over seeds and images, and over images alone), and the paper's
     gain beside."""
     out = []

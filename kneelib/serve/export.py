@@ -52,7 +52,7 @@ INPUT_NAME, OUTPUT_NAME = "image", "logits"
 #: Largest |logit| difference between the exported and the PyTorch model accepted at export time.
 VERIFY_TOLERANCE = 1e-3
 _REQUIRED = ("format", "sha256", "scheme", "classes", "image_size", "clahe", "normalization", "members")
-#: The sidecar's fields: type and value (:func:`kneelib.evaluate.runs.check_fields`).
+#: The sidecar's fields: type and value (:func:`kneelib.evaluate.inference.check_fields`).
 _SIDECAR_RULES = {
     "format": (lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}"),
     "sha256": (lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),

@@ -19,17 +19,17 @@ from typing import Any
 import pandas as pd
 
 from kneelib.errors import KneelibError
+from kneelib.evaluate.split_evaluation import evaluate_runs, save_metrics, save_predictions
 from kneelib.train.config import run_name
-from kneelib.evaluate.evaluation import evaluate_runs, save_metrics, save_predictions
 
 
 def code_fingerprint() -> str:
     """A hash of the source of every module that turns a checkpoint into metrics."""
     from kneelib.data import dicom, io, pixels, transforms
-    from kneelib.evaluate import calibration, ensemble, evaluation, metrics, runs
+    from kneelib.evaluate import calibration, ensemble, inference, metrics, split_evaluation
 
     digest = hashlib.sha256()
-    for module in (runs, ensemble, calibration, evaluation, metrics, io, pixels, dicom, transforms):
+    for module in (inference, ensemble, calibration, split_evaluation, metrics, io, pixels, dicom, transforms):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -18,8 +18,8 @@ from kneelib.data.layout import discover, select_split, splits_present
 from kneelib.errors import KneelibError
 from kneelib.evaluate.calibration import calibration_record, save_calibration
 from kneelib.evaluate.ensemble import ensemble_probabilities, softmax
+from kneelib.evaluate.inference import ENSEMBLE, as_device, forward, load_runs
 from kneelib.evaluate.metrics import compute_metrics
-from kneelib.evaluate.runs import ENSEMBLE, as_device, forward, load_runs
 
 #: ``--split all`` evaluates every discovered sample (a pool or manifest without splits).
 ALL_SPLITS = "all"

@@ -6,7 +6,7 @@ model from that record; :func:`forward` runs several runs over the same images, 
 once and preprocessing it once per distinct (image size, CLAHE) pair, with
 :func:`kneelib.data.transforms.preprocess` — the one preprocessing function training used.
 The ensemble arithmetic is in :mod:`kneelib.evaluate.ensemble`, metrics documents in
-:mod:`kneelib.evaluate.evaluation`.
+:mod:`kneelib.evaluate.split_evaluation`.
 """
 
 from __future__ import annotations
