@@ -46,10 +46,7 @@ def notebook_parameters(profile: Profile, layout: Layout, data_dir: Path, *,
     return {
         "01_data": {**common, "real_data_dir": _portable(real_data_dir, cwd) if real_data_dir else "",
                     "source_dir": _portable(source_dir, cwd) if source_dir and source_dir != data_dir else ""},
-        "02_se_blocks": {**common, "image_size": profile.image_size,
-                         "run_dir": _portable(layout.runs / run_name(
-                             profile.featured_arch if profile.featured_arch.startswith("se_")
-                             else "se_densenet121", profile.featured_scheme, profile.seeds[0]), cwd)},
+        "02_se_blocks": {**common, "image_size": profile.image_size, "run_dir": _se_run(profile, layout, cwd)},
         "04_ensemble": {**common, **featured},
         "05_results": {**common, "archs": list(profile.archs), "schemes": list(profile.schemes),
                        "seeds": list(profile.seeds), "featured_arch": profile.featured_arch,
@@ -57,6 +54,17 @@ def notebook_parameters(profile: Profile, layout: Layout, data_dir: Path, *,
                        "split": profile.split},
         "06_predict": {**common, **featured, **_bilateral_parameters(data_dir, cwd)},
     }
+
+
+def _se_run(profile: Profile, layout: Layout, cwd: Path) -> str:
+    """02_se_blocks' trained SE model: the featured architecture when it has SE blocks, else SE-DenseNet-121 or
+    the grid's first SE model (featured scheme, first seed); "" when the grid has none (the notebook says so and
+    skips the excitations)."""
+    se = [a for a in profile.archs if a.startswith("se_")]
+    if not se:
+        return ""
+    arch = next(a for a in (profile.featured_arch, "se_densenet121", se[0]) if a in se)
+    return _portable(layout.runs / run_name(arch, profile.featured_scheme, profile.seeds[0]), cwd)
 
 
 def _bilateral_parameters(data_dir: Path, cwd: Path) -> dict[str, str]:

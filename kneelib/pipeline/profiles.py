@@ -118,6 +118,51 @@ def _free_gpu_bytes(device: str) -> int:
     return int(torch.cuda.mem_get_info(index)[0])
 
 
+#: The label schemes a sweep trains and the splits its tables can be computed on.
+SWEEP_SCHEMES = ("kl5", "kl4")
+SWEEP_SPLITS = ("train", "val", "test")
+#: The smallest input the models train on (kneelib.train.config) and a bound on what a sweep could hold.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 64, 1024
+
+
+def _first_bad(values: tuple, allowed: tuple) -> Any:
+    """The first of ``values`` not in ``allowed``, or None."""
+    return next((v for v in values if v not in allowed), None)
+
+
+def check_profile(profile: Profile) -> Profile:
+    """``profile`` when its grid and settings can run; else KneelibError naming the first bad setting (checked
+    before a sweep draws data or starts a notebook)."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise KneelibError(message)
+
+    bad = _first_bad(profile.archs, ALL_ARCHS)
+    need(bad is None, f"--archs: unknown architecture {bad!r} (choose from {', '.join(ALL_ARCHS)})")
+    bad = _first_bad(profile.schemes, SWEEP_SCHEMES)
+    need(bad is None, f"--schemes: unknown label scheme {bad!r} (choose from {', '.join(SWEEP_SCHEMES)})")
+    need(all(isinstance(s, int) and 0 <= s < 2**32 for s in profile.seeds),
+         f"--seeds: seeds are integers from 0 to 2**32 - 1, got {list(profile.seeds)}")
+    for option, values in (("--archs", profile.archs), ("--schemes", profile.schemes), ("--seeds", profile.seeds)):
+        need(len(values) > 0, f"{option}: the grid needs at least one")
+        need(len(set(values)) == len(values), f"{option}: given more than once in {list(values)}")
+    need(profile.epochs >= 1, f"--epochs: must be at least 1, got {profile.epochs}")
+    need(MIN_IMAGE_SIZE <= profile.image_size <= MAX_IMAGE_SIZE,
+         f"--image-size: must lie in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} px, got {profile.image_size}")
+    need(profile.split in SWEEP_SPLITS,
+         f"--split: unknown split {profile.split!r} (choose from {', '.join(SWEEP_SPLITS)})")
+    need(profile.jobs >= 0, f"--jobs: must be at least 1, got {profile.jobs}")
+    return profile
+
+
+def check_device(device: str) -> str:
+    """``device`` when it names one a sweep can run on (auto, cpu, cuda, cuda:N); else KneelibError."""
+    name = device.lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return device
+    raise KneelibError(f"--device: unknown device {device!r} (choose auto, cpu or cuda)")
+
+
 def get_profile(name: str, **overrides: Any) -> Profile:
     """A named profile with optional overrides (``None`` values are ignored)."""
     if name not in PROFILES:
@@ -126,7 +171,9 @@ def get_profile(name: str, **overrides: Any) -> Profile:
     unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(Profile)})
     if unknown:
         raise KneelibError(f"unknown profile setting(s): {', '.join(unknown)}")
-    profile = dataclasses.replace(PROFILES[name], **changes)
+    if changes.get("jobs", 1) < 1:  # 0 is the profiles' "decide for me", not a user's choice
+        raise KneelibError(f"--jobs: must be at least 1, got {changes['jobs']}")
+    profile = check_profile(dataclasses.replace(PROFILES[name], **changes))
     # The featured ensemble (Table 6, Figs. 5-7) must be part of the grid: else take the grid's last.
     if profile.featured_arch not in profile.archs:
         profile = dataclasses.replace(profile, featured_arch=profile.archs[-1])

@@ -36,7 +36,7 @@ from kneelib.pipeline.notebooks import (
     train_notebook_name,
     train_parameters,
 )
-from kneelib.pipeline.profiles import Layout, Profile, resolve_jobs
+from kneelib.pipeline.profiles import PROFILES, Layout, Profile, check_device, check_profile, resolve_jobs
 from kneelib.pipeline.projection import (
     Projection,
     SweepProgress,
@@ -75,6 +75,11 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
     beside it is done). ``executor``: ``local`` (worker processes here) or ``ray`` (Ray tasks on a
     local instance, or on the cluster at ``ray_address``; checked before anything runs).
     """
+    check_profile(profile)  # the whole grid and its settings, before any work
+    check_device(device)
+    if data is not None and not Path(data).is_dir():
+        raise KneelibError(f"{data}: " + ("not a directory; --data takes a data directory ({train,val,test}/{0..4})"
+                                          if Path(data).exists() else "data directory not found"))
     if profile.pin_cpu:
         cpu_pin.apply()  # inherited by every kernel and worker started from here on
     # Absolute: papermill and the workers change their working directory, a relative --out would move with it.
@@ -146,12 +151,21 @@ def _sweep(profile: Profile, layout: Layout, runner: LocalExecutor | RayExecutor
         log(done(next(counter), output, timed_notebook(name, output, params[name], profile.cell_timeout)))
     log(f"reproduce ({profile.name}) finished in {(time.time() - started) / 60:.1f} min: "
         f"tables in {layout.tables}, figures in {layout.figures}, notebooks in {layout.notebooks}")
-    if data is None and load_reference(profile.name) is not None:
+    if data is None and load_reference(profile.name) is not None and not _reference_grid(profile):
+        log(f"trained numbers: not compared with the {profile.name} reference (another grid or settings)")
+    elif data is None and load_reference(profile.name) is not None:
         try:
             log(f"trained numbers: {check_sweep(layout, profile.name)}")
         except KneelibError as exc:
             log(f"warning: {exc}")
     return layout
+
+
+def _reference_grid(profile: Profile) -> bool:
+    """Whether ``profile`` trains the grid and sizes of its named profile (what its committed reference holds)."""
+    named = PROFILES.get(profile.name)
+    fields = ("archs", "schemes", "seeds", "epochs", "image_size", "batch_size", "synth_per_grade", "synth_size")
+    return named is not None and all(getattr(profile, f) == getattr(named, f) for f in fields)
 
 
 def _say_verdict(data: Path, log: Callable[[str], None]) -> None:
