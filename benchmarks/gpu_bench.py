@@ -307,7 +307,7 @@ def markdown(report: dict[str, Any]) -> str:
     if d:
         lines += ["", f"Data path, {d['images']} images, no model: batched on the device {d['batched']:,.0f} img/s; "
                   f"per-image PIL {d['pil']:,.0f}; reference (ImageFolder, decode every epoch) "
-                  f"{d['reference']:,.0f} ({d['workers']} workers).", ""]
+                  f"{d['reference']:,.0f} ({d['workers']} workers)."]
     if report.get("paper_profile_minutes") is not None:
         lines += ["", f"`paper` profile projected (one run at a time, the architectures above): "
                   f"{report['paper_profile_minutes']:,.1f} min."]

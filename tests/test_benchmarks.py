@@ -179,3 +179,32 @@ def test_loader_workers_are_capped_and_need_dev_shm(monkeypatch: pytest.MonkeyPa
     assert workers == 0 and "/dev/shm has 0.06 GiB free" in why
     monkeypatch.setattr(gpu_bench, "dev_shm_gib", lambda: None)
     assert gpu_bench.loader_workers(None, torch.device("cpu"), image_size=64, batch_size=4)[0] == 0
+
+
+@pytest.mark.slow
+def test_the_gpu_check_rehearsal_keeps_every_finished_result(tmp_path: Path) -> None:
+    """``benchmarks/gpu_check.sh`` on a CPU with tiny settings (loader workers, a fake data set) and the
+    benchmark's data stage forced to fail: the preflight passes, gpu-bench.json keeps both architectures and names
+    the failure, the training runs, the pair and the summaries follow, and check.log ends with the last line."""
+    import os
+    import subprocess
+    import sys
+
+    data = make_tiny_dataset(tmp_path / "data", train_per_grade=4, size=64)
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "KNEELIB_CHECK_WORK": str(tmp_path / "work"), "KNEELIB_CHECK_DEVICE": "cpu",
+           "KNEELIB_CHECK_TINY": "1", "KNEELIB_CHECK_PYTHON": sys.executable, "KNEELIB_CHECK_DATA": str(data),
+           "KNEELIB_BENCH_FAIL": "data_path"}
+    done = subprocess.run(["bash", str(BENCH.parent / "gpu_check.sh")], cwd=BENCH.parents[1], env=env,
+                          capture_output=True, text=True, timeout=900)
+    log = (out / "check.log").read_text()
+    assert done.returncode == 0, log[-3000:]
+    assert log.rstrip().splitlines()[-1].startswith("== done in") and "preflight ok" in log
+    assert json.loads((out / "preflight.json").read_text())["ok"]
+    bench = json.loads((out / "gpu-bench.json").read_text())
+    assert list(bench["train_loop"]) == ["se_densenet121", "resnet18"] and bench["finished"]
+    assert list(bench["errors"]) == ["data_path"] and bench["settings"]["workers"] == 2
+    prior = json.loads((out / "prior.json").read_text())
+    assert set(prior) == {"se_densenet121", "resnet18"} and all(len(r["val_acc"]) == 2 for r in prior.values())
+    memory = json.loads((out / "memory.json").read_text())
+    assert memory["pair"]["finished"] == {"resnet18": 1, "se_resnet18": 1}
