@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from kneelib import __version__
 from kneelib.errors import KneelibError
@@ -19,9 +20,18 @@ from kneelib.errors import KneelibError
 COMMAND_MODULES = ("data", "models", "train", "evaluate", "predict", "localize", "export", "pipeline")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (a bad option, value or choice): ``kneelib: error: COMMAND:
+    what is wrong``, exit status 2 (sub-parsers are made of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("kneelib").strip()
+        self.exit(2, f"kneelib: error: {where + ': ' if where else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``kneelib`` parser with every available sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kneelib",
         description="Grade knee osteoarthritis (KL 0-4) with (SE-)ResNet/DenseNet: data, models, "
         "training, evaluation and the paper's tables.",

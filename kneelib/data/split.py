@@ -50,7 +50,8 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in str(text).split(":")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(not np.isfinite(p) or p < 0 for p in parts) or parts[0] <= 0:
+    if (len(parts) != 3 or any(not np.isfinite(p) or p < 0 for p in parts) or parts[0] <= 0
+            or not np.isfinite(sum(parts))):  # 1e308:1e308:1 would sum to inf and every share to 0
         raise KneelibError(f"--ratios {text!r}: expected train:val:test, e.g. 7:1:2 (train > 0)")
     total = sum(parts)
     return parts[0] / total, parts[1] / total, parts[2] / total
@@ -108,6 +109,8 @@ def paper_split(samples: Sequence[Sample], seed: int = 42,
 def split_samples(samples: Sequence[Sample], *, protocol: str = "grouped",
                   ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 42) -> list[Sample]:
     """Split by ``protocol`` (``grouped`` or ``paper``); a grouped result is checked patient-disjoint."""
+    if not 0 <= seed < 2**32:  # what NumPy and scikit-learn take
+        raise KneelibError(f"--seed {seed}: must be an integer from 0 to 2**32 - 1")
     if protocol == "paper":
         return paper_split(samples, seed)
     if protocol != "grouped":

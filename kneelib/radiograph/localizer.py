@@ -322,8 +322,8 @@ def evaluate_localizer(localizer: Localizer, *, n: int = 200, seed: int = 1000, 
 
     from kneelib.synthetic.bilateral import render_bilateral
 
-    if n < 1:
-        raise KneelibError(f"evaluate: need at least one radiograph, got n={n}")
+    if not 1 <= n <= 100_000:
+        raise KneelibError(f"evaluate: --n {n}: need 1..100000 radiographs")
     preds, truths, spacings, seconds = [], [], [], 0.0
     for i in tqdm(range(n), desc="localiser eval", unit="img", disable=not progress, leave=False):
         rng = np.random.default_rng([seed, EVAL_STREAM, i])

@@ -157,8 +157,8 @@ def train_localizer(out_dir: str | os.PathLike, *, n_train: int = 500, n_val: in
     weights, see :func:`~kneelib.radiograph.localizer.localization_metrics`), ``best_epoch``, timings, history.
     """
     size = (int(image_size[0]), int(image_size[1]))
-    if n_train < 1 or n_val < 1 or epochs < 1 or batch_size < 1:
-        raise KneelibError("localize train: --n-train, --n-val, --epochs and the batch size must be >= 1")
+    if not all(1 <= n <= 100_000 for n in (n_train, n_val, epochs, batch_size)):
+        raise KneelibError("localize train: --n-train, --n-val, --epochs and the batch size must lie in 1..100000")
     if threads is not None and threads < 1:
         raise KneelibError(f"localize train: --threads {threads}: must be >= 1 (or left out: torch's default)")
     if min(size) < 32 or size[0] % 16 or size[1] % 16:

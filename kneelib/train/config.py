@@ -86,7 +86,7 @@ class TrainConfig:
         recipe_fields(self.recipe)
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
-            (self.image_size >= 64, "image size must be at least 64"),
+            (64 <= self.image_size <= 1024, "image size must lie in 64..1024 px"),
             (self.batch_size >= 2, "batch size must be at least 2 (batch norm)"),
             (self.lr > 0, "learning rate must be positive"),
             (self.weight_decay >= 0, "weight decay must not be negative"),
