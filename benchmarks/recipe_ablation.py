@@ -1,5 +1,6 @@
 """The from-scratch recipe on real crops: paper vs scratch, scratch without each ingredient, and per
-architecture family the changes that make it learn.
+architecture family the changes that make it learn. The results file's format is
+:mod:`kneelib.report.recipe_ablation` (which writes and reads it).
 
 Data: ``../shared/data/kneeKL224``. Checkpoints are selected on a patient-grouped 12.5% of the official
 train split (``val'``); the official val split (826 crops) is held out and only evaluated, so the
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -37,6 +37,7 @@ from kneelib.data.layout import discover, select_split  # noqa: E402
 from kneelib.data.schemes import get_scheme  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 from kneelib.evaluate import evaluate_runs  # noqa: E402
+from kneelib.report.recipe_ablation import conditions_record, save_ablation, variant_record  # noqa: E402
 from kneelib.train import TrainConfig, runtime, train  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "kneeKL224"
@@ -76,12 +77,6 @@ def make_manifest(out: Path) -> Path:
     return write_manifest(held_out_split(discover(DATA), source=DATA), out / "manifest.csv", protocol="held-out")
 
 
-def history_columns(rows: list[dict[str, str]]) -> dict[str, list[float]]:
-    """A run's learning curve (history.csv) as columns: epoch, lr, train_loss, train_acc, val_loss, val_acc."""
-    keys = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
-    return {k: [float(r[k]) for r in rows] for k in keys}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
@@ -107,13 +102,10 @@ def main() -> int:
     results = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     pin = "AVX2 pin" if cpu_pin.in_effect() else "no pin"
     arithmetic = "bf16 autocast" if runtime.autocast_dtype(args.precision, torch.device("cpu")) else "fp32"
-    results.setdefault("conditions", {
-        "data": "kneeKL224 (Chen 2018), official train split re-split 7:1 by patient (train'/val'); "
-                "official val split held out", "arch": args.arch, "scheme": args.scheme, "weights": "none",
-        "image_size": args.image_size, "epochs": args.epochs, "batch_size": 32, "seeds": args.seeds,
-        "device": f"cpu ({os.cpu_count()} cores, {args.threads} threads, {pin}, {arithmetic})",
-        "val_prime_majority": majority, "counts": {k: len(select_split(inner, k)) for k in ("train", "val", "test")},
-    })
+    results.setdefault("conditions", conditions_record(
+        arch=args.arch, scheme=args.scheme, image_size=args.image_size, epochs=args.epochs, seeds=args.seeds,
+        device=f"cpu ({os.cpu_count()} cores, {args.threads} threads, {pin}, {arithmetic})",
+        val_prime_majority=majority, counts={k: len(select_split(inner, k)) for k in ("train", "val", "test")}))
     variants = results.setdefault("variants", {})
     for name in args.variants:
         recipe, changes = VARIANTS[name]
@@ -130,26 +122,14 @@ def main() -> int:
             runs.append(run)
         metrics, _ = evaluate_runs(runs, manifest, split="test", device="cpu", progress=False)
         histories = [list(csv.DictReader((r / "history.csv").open())) for r in runs]
-        ensemble = metrics["ensemble"] or next(iter(metrics["models"].values()))  # one seed: the run itself
-        variants[name] = {
-            "recipe": recipe, "changes": changes,
-            # re-scoring finished runs (e.g. to add their learning curves) keeps the training time
-            "minutes": round((time.time() - t0) / 60, 1) if trained else variants.get(name, {}).get("minutes"),
-            "epoch1_val_acc": [float(h[0]["val_acc"]) for h in histories],
-            "epoch1_train_loss": [float(h[0]["train_loss"]) for h in histories],
-            "left_prior_epoch1": [float(h[0]["val_acc"]) > majority + 0.01 for h in histories],
-            "best_val_acc": [max(float(row["val_acc"]) for row in h) for h in histories],
-            "heldout_accuracy": {k: m["accuracy"] for k, m in metrics["models"].items()},
-            "heldout_qwk": {k: m["qwk"] for k, m in metrics["models"].items()},
-            "ensemble": {k: ensemble[k] for k in ("accuracy", "qwk", "mae")},
-            "ensemble_ci": ensemble.get("ci"),
-            "history": {f"s{seed}": history_columns(h) for seed, h in zip(args.seeds, histories)},
-        }
-        print(f"{name}: held-out ensemble accuracy {100 * ensemble['accuracy']:.1f}% "
+        # re-scoring finished runs (e.g. to add their learning curves) keeps the training time
+        minutes = round((time.time() - t0) / 60, 1) if trained else variants.get(name, {}).get("minutes")
+        variants[name] = variant_record(recipe, changes, seeds=args.seeds, histories=histories, metrics=metrics,
+                                        majority=majority, minutes=minutes)
+        print(f"{name}: held-out ensemble accuracy {100 * variants[name]['ensemble']['accuracy']:.1f}% "
               f"(epoch-1 val' {variants[name]['epoch1_val_acc']})", flush=True)
         if args.json:
-            args.json.write_text(json.dumps(results, indent=1, default=lambda o: None if isinstance(o, float)
-                                            and math.isnan(o) else o) + "\n")
+            save_ablation(results, args.json)
     return 0
 
 

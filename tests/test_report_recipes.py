@@ -1,4 +1,5 @@
-"""The recipe ablation's table and learning curves (kneelib.report.recipes), and the committed results."""
+"""The recipe ablation's results file (written and read by kneelib.report.recipe_ablation), its table and learning
+curves, and the committed results."""
 
 from __future__ import annotations
 
@@ -75,3 +76,33 @@ def test_the_densenet_learning_rate_is_the_one_val_prime_chose() -> None:
              for v in results["variants"].values()}
     chosen = FAMILY_FIELDS["scratch"]["densenet"]["lr"]
     assert max(by_lr, key=by_lr.get) == chosen != RECIPES["scratch"]["lr"]
+
+
+def test_the_results_file_round_trips_through_the_writer(tmp_path: Path) -> None:
+    """What benchmarks/recipe_ablation.py writes (conditions_record, variant_record, save_ablation) loads back
+    and draws: the format lives in kneelib, not in the script."""
+    rows = [{"epoch": str(e), "lr": "0.001", "train_loss": str(1.5 - e / 10), "train_acc": "0.4", "val_loss": "1.2",
+             "val_acc": str(0.38 + e / 50)} for e in (1, 2, 3)]
+    metrics = {"ensemble": {"accuracy": 0.5, "qwk": 0.6, "mae": 0.7, "ci": {"accuracy": [0.45, 0.55]}},
+               "models": {"paper_s21": {"accuracy": 0.48, "qwk": 0.55}, "paper_s42": {"accuracy": 0.49, "qwk": 0.56}}}
+    record = report.variant_record("paper", {}, seeds=[21, 42], histories=[rows, rows], metrics=metrics,
+                                   majority=0.396, minutes=1.5)
+    assert record["left_prior_epoch1"] == [False, False] and record["best_val_acc"] == [0.44, 0.44]
+    assert record["history"]["s42"]["val_acc"] == [0.4, 0.42, 0.44]
+    assert record["ensemble_ci"] == {"accuracy": [0.45, 0.55]}
+    conditions = report.conditions_record(arch="resnet18", scheme="kl5", image_size=64, epochs=3, seeds=[21, 42],
+                                          device="cpu", val_prime_majority=0.396, counts={"train": 10})
+    report.save_ablation({"conditions": conditions, "variants": {"paper": record}}, tmp_path / "a.json")
+    loaded = report.load_ablation(tmp_path / "a.json")
+    assert loaded["variants"]["paper"] == record and loaded["conditions"]["seeds"] == [21, 42]
+    assert report.ablation_table(loaded).loc["paper", "ensemble QWK"] == 0.6
+    report.recipe_curves_figure(loaded)
+    del record["history"]
+    report.save_ablation({"variants": {"paper": record}}, tmp_path / "b.json")
+    with pytest.raises(KneelibError, match="lacks history"):
+        report.load_ablation(tmp_path / "b.json")
+
+
+@pytest.mark.parametrize("name", ["recipe_ablation_cpu", "recipe_densenet121_cpu", "recipe_se_densenet121_cpu"])
+def test_every_committed_results_file_has_the_format(name: str) -> None:
+    report.load_ablation(COMMITTED.with_name(f"{name}.json"))

@@ -1,4 +1,5 @@
-"""kneelib.evaluate.sweep_groups: group evaluation with its cache, and the bridge to report.results_table."""
+"""kneelib.evaluate.sweep_groups: group evaluation with its cache, the bridge to report.results_table, and
+SweepResults (what 05_results calls)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from fakes import make_data, make_run
 
 from kneelib.errors import KneelibError
-from kneelib.evaluate import sweep_groups
+from kneelib.evaluate import SweepResults, featured_metrics, sweep_groups
 from kneelib.train.config import run_name
 
 
@@ -58,7 +59,7 @@ def test_cache_is_invalidated_by_new_checkpoint_or_code(sweep_dir: tuple[Path, P
 def test_sweep_and_results_table_input(sweep_dir: tuple[Path, Path]) -> None:
     out, data = sweep_dir
     results = sweep_groups.evaluate_sweep(out, data, archs=["resnet18", "se_resnet18"], schemes=["kl4"],
-                                   seeds=[21, 42], progress=False)
+                                          seeds=[21, 42], progress=False)
     assert list(results) == [("resnet18", "kl4")]
     table = sweep_groups.metrics_by_run(results, "kl4")
     assert {k: v[0] for k, v in table.items()} == {
@@ -70,3 +71,24 @@ def test_sweep_and_results_table_input(sweep_dir: tuple[Path, Path]) -> None:
 def test_empty_sweep_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KneelibError, match="no trained runs"):
         sweep_groups.evaluate_sweep(tmp_path, tmp_path, archs=["resnet18"], schemes=["kl4"], seeds=[21])
+
+
+def test_sweep_results_is_the_functions_with_the_arguments_held(sweep_dir: tuple[Path, Path]) -> None:
+    """05_results' calls: one SweepResults gives what the four functions give with the same seven arguments."""
+    out, data = sweep_dir
+    archs, seeds = ["resnet18", "se_resnet18"], [21, 42]
+    sweep = SweepResults(out, data, archs=archs, schemes=["kl4"], seeds=seeds, split="test", device="cpu")
+    results = sweep_groups.evaluate_sweep(out, data, archs=archs, schemes=["kl4"], seeds=seeds, device="cpu",
+                                          progress=False)
+    assert sweep.results == results and sweep.results is sweep.results  # evaluated once
+    assert sweep.metrics_by_run("kl4") == sweep_groups.metrics_by_run(results, "kl4")
+    featured, predictions = sweep.group("resnet18", "kl4")
+    assert featured == results[("resnet18", "kl4")] and len(predictions)
+    assert featured_metrics(featured) is featured["ensemble"]
+    assert sweep.run_dirs("resnet18", "kl4") == sweep_groups.group_runs(out, "resnet18", "kl4", seeds)
+    assert sweep.se_gains() == []  # no se_resnet18 runs
+    with pytest.raises(KneelibError, match="no trained runs of se_resnet18"):
+        sweep.group("se_resnet18", "kl4")
+    single = SweepResults(out, data, archs=["resnet18"], schemes=["kl4"], seeds=[21], device="cpu")
+    doc = single.group("resnet18", "kl4")[0]
+    assert doc["ensemble"] is None and featured_metrics(doc) == doc["models"]["resnet18_kl4_s21"]

@@ -6,9 +6,10 @@ generator in ``kneelib.synthetic.crops``; they are not imported here (no torch o
 :func:`verdict_line` is the one-line verdict the profiles print.
 """
 
-from kneelib.data.io import IMAGE_SUFFIXES, read_image
+from kneelib.data.io import IMAGE_SUFFIXES, is_image_file, read_image
 from kneelib.data.layout import SPLITS, Sample, discover, parse_knee_name, select_split
 from kneelib.data.schemes import SCHEME_NAMES, Scheme, get_scheme
+from kneelib.data.split import describe_split
 from kneelib.data.paper.verify import verdict_line
 
 __all__ = [
@@ -17,8 +18,10 @@ __all__ = [
     "SPLITS",
     "Sample",
     "Scheme",
+    "describe_split",
     "discover",
     "get_scheme",
+    "is_image_file",
     "parse_knee_name",
     "read_image",
     "select_split",

@@ -4,8 +4,9 @@
 preprocessing it recorded; :mod:`~kneelib.evaluate.ensemble` is the paper's logit-mean ensemble;
 :mod:`~kneelib.evaluate.metrics` computes accuracy, QWK, MAE, F1, ROC-AUC, ECE with bootstrap CIs (sklearn);
 :mod:`~kneelib.evaluate.calibration` fits a temperature per run on its val split;
-:mod:`~kneelib.evaluate.split_evaluation` writes ``metrics.json`` and per-image predictions;
-:mod:`~kneelib.evaluate.sweep_groups` evaluates a sweep's seed groups once and caches them under ``OUT/eval``.
+:mod:`~kneelib.evaluate.split_evaluation` writes ``metrics.json`` and per-image predictions (:func:`featured_metrics`:
+the ensemble's, or a single run's); :mod:`~kneelib.evaluate.sweep_groups` evaluates a sweep's seed groups once and
+caches them under ``OUT/eval`` (:class:`SweepResults`: one sweep's results, what the notebooks use).
 
 May import: :mod:`kneelib.data`, :mod:`kneelib.models`, :mod:`kneelib.train` (run files, devices),
 ``errors``, ``atomic``.
@@ -35,9 +36,18 @@ from kneelib.evaluate.split_evaluation import (
     ALL_SPLITS,
     calibrate_runs,
     evaluate_runs,
+    featured_metrics,
     format_summary,
     save_metrics,
     save_predictions,
+)
+from kneelib.evaluate.sweep_groups import (
+    SweepResults,
+    evaluate_group,
+    evaluate_sweep,
+    group_runs,
+    metrics_by_run,
+    se_gains,
 )
 
 __all__ = [
@@ -49,6 +59,7 @@ __all__ = [
     "LoadedRun",
     "RUN_CONFIG_RULES",
     "METRIC_KEYS",
+    "SweepResults",
     "as_device",
     "calibrate_runs",
     "expected_calibration_error",
@@ -57,9 +68,14 @@ __all__ = [
     "check_compatible",
     "compute_metrics",
     "ensemble_probabilities",
+    "evaluate_group",
     "evaluate_runs",
+    "evaluate_sweep",
+    "featured_metrics",
     "format_summary",
     "forward",
+    "group_runs",
+    "metrics_by_run",
     "input_batch",
     "load_run",
     "load_runs",
@@ -68,5 +84,6 @@ __all__ = [
     "run_logits",
     "save_metrics",
     "save_predictions",
+    "se_gains",
     "softmax",
 ]

@@ -125,6 +125,11 @@ def calibrate_runs(run_dirs: Sequence[str | os.PathLike], data_dir: str | os.Pat
     return records
 
 
+def featured_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a document features: its ensemble's, or with one run (no ensemble) that run's."""
+    return metrics["ensemble"] or next(iter(metrics["models"].values()))
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

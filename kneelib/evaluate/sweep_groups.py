@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,46 @@ def se_gains(out_dir: str | os.PathLike, data_dir: str | os.PathLike, *, archs: 
                          **two_level_difference_ci(a.to_numpy().T, b.to_numpy().T),
                          "images_lo": images["lo"], "images_hi": images["hi"]})
     return rows
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """One sweep's results: its folder (``OUT`` with ``runs/``), its grid, and the split and device they are scored
+    with. Each method evaluates what it needs once (cached under ``OUT/eval``): the notebooks' one handle on a
+    sweep, instead of passing the same seven arguments to every function."""
+
+    out_dir: str | os.PathLike
+    data_dir: str | os.PathLike
+    archs: Sequence[str]
+    schemes: Sequence[str]
+    seeds: Sequence[int]
+    split: str = "test"
+    device: str = "auto"
+    progress: bool | None = False
+
+    @cached_property
+    def results(self) -> dict[tuple[str, str], dict]:
+        """``{(arch, scheme): metrics document}`` of every group with runs (:func:`evaluate_sweep`)."""
+        return evaluate_sweep(self.out_dir, self.data_dir, archs=self.archs, schemes=self.schemes, seeds=self.seeds,
+                              split=self.split, device=self.device, progress=self.progress)
+
+    def metrics_by_run(self, scheme: str) -> dict[str, tuple[tuple, dict]]:
+        """One scheme's runs, the input of ``report.results_table`` (:func:`metrics_by_run`)."""
+        return metrics_by_run(self.results, scheme)
+
+    def group(self, arch: str, scheme: str) -> tuple[dict[str, Any], pd.DataFrame]:
+        """Metrics and predictions of one (arch, scheme) group; KneelibError when it has no runs."""
+        got = evaluate_group(self.out_dir, self.data_dir, arch, scheme, self.seeds, split=self.split,
+                             device=self.device, progress=self.progress)
+        if got is None:
+            raise KneelibError(f"{Path(self.out_dir) / 'runs'}: no trained runs of {arch} ({scheme})")
+        return got
+
+    def se_gains(self) -> list[dict[str, Any]]:
+        """What SE blocks add to each backbone of the grid (:func:`se_gains`)."""
+        return se_gains(self.out_dir, self.data_dir, archs=self.archs, schemes=self.schemes, seeds=self.seeds,
+                        split=self.split, device=self.device, progress=self.progress)
+
+    def run_dirs(self, arch: str, scheme: str) -> list[Path]:
+        """The run directories of one group that hold a best checkpoint (:func:`group_runs`)."""
+        return group_runs(self.out_dir, arch, scheme, self.seeds)

@@ -7,6 +7,7 @@ return logits of shape (N, num_classes).
 
 from kneelib.models.registry import ModelSpec, build_model, get_spec, list_models
 from kneelib.models.se import SqueezeExcite, capture_excitations, count_se_blocks
+from kneelib.models.summary import summarize_all
 from kneelib.models.weights import WeightsReport
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "count_se_blocks",
     "get_spec",
     "list_models",
+    "summarize_all",
 ]

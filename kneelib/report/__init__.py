@@ -1,8 +1,8 @@
 """Tables (with the paper's numbers beside ours) and figures — the import point of the report layer.
 
 The code lives in :mod:`kneelib.report.tables`, :mod:`kneelib.report.figures` and
-:mod:`kneelib.report.gradcam_figures` (Grad-CAM and bilateral figures) and :mod:`kneelib.report.recipes` (the
-training-recipe ablation); import from here.
+:mod:`kneelib.report.gradcam_figures` (Grad-CAM and bilateral figures) and :mod:`kneelib.report.recipe_ablation` (the
+training-recipe ablation: its results file, table and curves); import from here.
 Pure functions of metrics dicts, prediction/history DataFrames and arrays; the only I/O is the optional
 :func:`save_table` / :func:`save_figure` (atomic, deterministic bytes).
 """
@@ -26,7 +26,15 @@ from kneelib.report.gradcam_figures import (
     heatmap_figure,
     right_and_wrong,
 )
-from kneelib.report.recipes import ablation_table, load_ablation, recipe_curves_figure, third_seed_table
+from kneelib.report.recipe_ablation import (
+    ablation_table,
+    conditions_record,
+    load_ablation,
+    recipe_curves_figure,
+    save_ablation,
+    third_seed_table,
+    variant_record,
+)
 from kneelib.report.tables import (
     RESULT_COLUMNS,
     RESULT_SUMMARY_COLUMNS,
@@ -43,8 +51,9 @@ from kneelib.report.tables import (
 )
 
 __all__ = [
-    "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "ablation_table", "load_ablation", "recipe_curves_figure",
-    "third_seed_table", "budget_curves_figure", "budget_table",
+    "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "ablation_table", "conditions_record", "load_ablation",
+    "recipe_curves_figure", "save_ablation", "third_seed_table", "variant_record",
+    "budget_curves_figure", "budget_table",
     "bilateral_figure", "explained_examples", "heatmap_figure",
     "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",

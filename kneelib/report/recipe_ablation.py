@@ -1,7 +1,26 @@
-"""The training-recipe ablation (``benchmarks/recipe_ablation.py``) as a table and learning curves."""
+"""The training-recipe ablation's results file: its format, a writer and a reader, and the table and learning
+curves drawn from it (``benchmarks/results/recipe_*_cpu.json``, written by ``benchmarks/recipe_ablation.py``
+through :func:`conditions_record`, :func:`variant_record` and :func:`save_ablation`).
+
+The file is one JSON object:
+
+* ``conditions``: what every variant shares: ``data``, ``arch``, ``scheme``, ``weights``, ``image_size``,
+  ``epochs``, ``batch_size``, ``seeds``, ``device`` (in words), ``val_prime_majority`` (the majority class's
+  share of val′, the selection split) and ``counts`` (images of train′, val′ and the held-out split);
+* ``variants``: name → :data:`VARIANT_KEYS`: the ``recipe`` and the TrainConfig fields it ``changes``,
+  ``minutes`` of training, per seed ``epoch1_val_acc``, ``epoch1_train_loss``, ``left_prior_epoch1`` (val′
+  accuracy above the majority + 1 point after epoch 1) and ``best_val_acc``; per run ``heldout_accuracy`` and
+  ``heldout_qwk`` on the held-out split; the seeds' ``ensemble`` (accuracy, qwk, mae) with its bootstrap
+  ``ensemble_ci``; ``history``: ``s<seed>`` → the run's ``history.csv`` as columns (:data:`HISTORY_COLUMNS`);
+* ``third_seed`` (optional): a check made after the choice: ``what`` (in words) and, per recipe,
+  ``seed84_epoch1_val_acc``, ``seed84_best_val_acc``, ``heldout_accuracy`` of the three runs and ``ensemble3``
+  (accuracy, qwk, mae, ``ci``).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,19 +31,69 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from kneelib.errors import KneelibError
+from kneelib.evaluate.split_evaluation import featured_metrics
 from kneelib.train.checkpoint import read_json
 
-__all__ = ["load_ablation", "ablation_table", "third_seed_table", "recipe_curves_figure"]
+__all__ = ["HISTORY_COLUMNS", "VARIANT_KEYS", "ablation_table", "conditions_record", "load_ablation",
+           "recipe_curves_figure", "save_ablation", "third_seed_table", "variant_record"]
+
+#: The learning-curve columns a variant keeps per seed (from ``history.csv``).
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+#: The fields of one variant's record.
+VARIANT_KEYS = ("recipe", "changes", "minutes", "epoch1_val_acc", "epoch1_train_loss", "left_prior_epoch1",
+                "best_val_acc", "heldout_accuracy", "heldout_qwk", "ensemble", "ensemble_ci", "history")
+
+
+def conditions_record(*, arch: str, scheme: str, image_size: int, epochs: int, seeds: Sequence[int], device: str,
+                      val_prime_majority: float, counts: Mapping[str, int], batch_size: int = 32) -> dict[str, Any]:
+    """The ``conditions`` every variant of one ablation shares (random weights, the held-out protocol)."""
+    return {
+        "data": "kneeKL224 (Chen 2018), official train split re-split 7:1 by patient (train'/val'); "
+                "official val split held out", "arch": arch, "scheme": scheme, "weights": "none",
+        "image_size": image_size, "epochs": epochs, "batch_size": batch_size, "seeds": list(seeds),
+        "device": device, "val_prime_majority": val_prime_majority, "counts": dict(counts),
+    }
+
+
+def variant_record(recipe: str, changes: Mapping[str, Any], *, seeds: Sequence[int],
+                   histories: Sequence[Sequence[Mapping[str, str]]], metrics: Mapping[str, Any],
+                   majority: float, minutes: float | None) -> dict[str, Any]:
+    """One variant's record from its runs' ``history.csv`` rows (one list per seed, in ``seeds`` order) and the
+    metrics document of their evaluation on the held-out split (``kneelib.evaluate.evaluate_runs``)."""
+    ensemble = featured_metrics(metrics)  # one seed: the run itself
+    return {
+        "recipe": recipe, "changes": dict(changes), "minutes": minutes,
+        "epoch1_val_acc": [float(h[0]["val_acc"]) for h in histories],
+        "epoch1_train_loss": [float(h[0]["train_loss"]) for h in histories],
+        "left_prior_epoch1": [float(h[0]["val_acc"]) > majority + 0.01 for h in histories],
+        "best_val_acc": [max(float(row["val_acc"]) for row in h) for h in histories],
+        "heldout_accuracy": {k: m["accuracy"] for k, m in metrics["models"].items()},
+        "heldout_qwk": {k: m["qwk"] for k, m in metrics["models"].items()},
+        "ensemble": {k: ensemble[k] for k in ("accuracy", "qwk", "mae")},
+        "ensemble_ci": ensemble.get("ci"),
+        "history": {f"s{seed}": {k: [float(r[k]) for r in h] for k in HISTORY_COLUMNS}
+                    for seed, h in zip(seeds, histories)},
+    }
+
+
+def save_ablation(results: Mapping[str, Any], path: str | Path) -> None:
+    """Write the results file (indented JSON, NaN as null)."""
+    Path(path).write_text(json.dumps(results, indent=1, default=lambda o: None if isinstance(o, float)
+                                     and math.isnan(o) else o) + "\n")
 
 
 def load_ablation(path: str | Path) -> dict[str, Any]:
-    """The ablation's JSON (``conditions`` and ``variants``); a KneelibError naming the file otherwise."""
+    """The results file, checked against the format above; a KneelibError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise KneelibError(f"{path}: not found (run benchmarks/recipe_ablation.py)")
     data = read_json(path)
     if not isinstance(data.get("variants"), dict):
         raise KneelibError(f"{path}: not a recipe ablation (no 'variants')")
+    for name, record in data["variants"].items():
+        missing = [k for k in VARIANT_KEYS if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise KneelibError(f"{path}: variant {name!r} lacks {', '.join(missing)}")
     return data
 
 
