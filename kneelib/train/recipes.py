@@ -25,9 +25,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: recipe, each chosen on val' by one-change-at-a-time measurements (``benchmarks/recipe_ablation.py --arch``).
 FAMILY_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
-    # DenseNets from random weights: at 4e-3 DenseNet-121 stayed at the class prior for two epochs (val' 32.7,
-    # 39.6%; prior 39.6%); at 1e-3 it left it in epoch 2 and led on val' (best 50.6 / 50.4% for seeds 21 / 42,
-    # against 5e-4: 50.1 / 48.3, 2.5e-4: 49.0) at 64 px, 4 epochs (results/recipe_densenet121_cpu.json).
+    # DenseNets from random weights: at 4e-3 they stay at the class prior; 1e-3 led on val' among 4e-3..2.5e-4
+    # (the numbers and conditions: docs/recipes.md, "The DenseNets need a lower peak learning rate").
     "scratch": {"densenet": {"lr": 1e-3}},
 }
 OPTIMIZERS = ("adam", "adamw")
