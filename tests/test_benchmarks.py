@@ -208,3 +208,44 @@ def test_the_gpu_check_rehearsal_keeps_every_finished_result(tmp_path: Path) -> 
     assert set(prior) == {"se_densenet121", "resnet18"} and all(len(r["val_acc"]) == 2 for r in prior.values())
     memory = json.loads((out / "memory.json").read_text())
     assert memory["pair"]["finished"] == {"resnet18": 1, "se_resnet18": 1}
+
+
+def test_the_gpu_checks_memory_summary(tmp_path: Path) -> None:
+    """memory.json from runs as a GPU would leave them (config.json's gpu_memory): one run's need is its
+    max_reserved plus what the device used beyond the allocator, less what it used before the check."""
+    import sys
+
+    sys.path.insert(0, str(BENCH.parent))
+    import gpu_check_summary
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    out.mkdir()
+    (work).mkdir()
+    (work / "baseline_mib").write_text("512\n")
+    (work / "pair_samples_mib").write_text("600\n20000\n23552\n1000\n")
+
+    def run(folder: str, arch: str, reserved: float, outside: float, seconds: list[float]) -> None:
+        path = work / folder / arch
+        path.mkdir(parents=True)
+        memory = {"max_reserved": reserved, "max_allocated": reserved - 1, "reserved_now": reserved,
+                  "outside_allocator": outside, "per_run_estimate": reserved + outside, "device_used": 0,
+                  "total": 80.0}
+        (path / "config.json").write_text(json.dumps({"gpu_memory": memory, "execution": {"step": "cuda graph"}}))
+        rows = ["epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds"]
+        rows += [f"{i + 1},0.001,1.0,0.5,1.0,0.45,{s}" for i, s in enumerate(seconds)]
+        (path / "history.csv").write_text("\n".join(rows) + "\n")
+
+    run("prior", "se_densenet121", 9.5, 1.0, [30.0, 20.0])
+    run("prior", "densenet121", 8.0, 1.0, [25.0, 18.0])
+    run("pair", "se_densenet121", 9.5, 12.0, [40.0])
+    run("pair", "densenet121", 8.0, 11.0, [35.0])
+    report = gpu_check_summary.summarize(out, work)
+    assert report["per_run_alone_gib"] == {"densenet121": 8.5, "se_densenet121": 10.0}
+    assert report["per_run_max_gib"] == 10.0
+    assert report["pair"]["peak_device_used_gib"] == 22.5 and report["pair"]["sum_alone_gib"] == 18.5
+    assert report["pair"]["epoch1_seconds"] == {"densenet121": 35.0, "se_densenet121": 40.0}
+    assert report["pair"]["epoch1_seconds_alone"] == {"densenet121": 25.0, "se_densenet121": 30.0}
+    jobs = report["resolve_jobs_paper"]
+    assert jobs["by_measured_memory"] == int(0.9 * (80 - 0.5) // 10.0) and jobs["with_RUN_GPU_GIB"] >= 1
+    assert json.loads((out / "memory.json").read_text()) == json.loads(json.dumps(report))
+    assert json.loads((out / "prior.json").read_text())["densenet121"]["val_acc"] == [0.45, 0.45]
