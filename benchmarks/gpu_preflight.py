@@ -126,13 +126,14 @@ def preflight(data: Path, device_name: str, *, log=print) -> dict[str, Any]:
     eval_step = make_lazy_step(model, None, device, config, num_classes=5, label_smoothing=0.0, graphs=cuda)
     before = [p.detach().clone() for p in model.parameters()]
     tic = time.perf_counter()
-    loss, _, _ = _run_epoch(model, made * (3 if cuda else 1), device, optimizer=optimizer, bar=False, desc="", memory_format=fmt,
-                            step=step)
+    loss, _, _ = _run_epoch(model, made * (3 if cuda else 1), device, optimizer=optimizer, bar=False, desc="",
+                            memory_format=fmt, step=step)
     _run_epoch(model, made, device, optimizer=None, bar=False, desc="", memory_format=fmt, step=eval_step)
     if cuda:
         torch.cuda.synchronize(device)
     found.update(step=step.step.path, why_eager=step.step.why, eval_step=eval_step.step.path,
-                 arithmetic=str(runtime.autocast_dtype(config.precision, device)), loss=round(loss, 4),
+                 arithmetic="bf16 autocast" if runtime.autocast_dtype(config.precision, device) else "fp32",
+                 loss=round(loss, 4),
                  step_seconds=round(time.perf_counter() - tic, 2))
     log(f"resnet18 steps: train {found['step']}, eval {found['eval_step']}, {found['arithmetic']}, loss "
         f"{loss:.3f}, {found['step_seconds']} s (capture included)")

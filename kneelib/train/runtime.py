@@ -107,7 +107,8 @@ def gpu_footprint(device: torch.device) -> dict[str, float] | None:
     free, total = torch.cuda.mem_get_info(device)
     used, reserved = total - free, torch.cuda.memory_reserved(device)
     return {k: round(v / 2**30, 3) for k, v in {
-        "max_reserved": torch.cuda.max_memory_reserved(device), "max_allocated": torch.cuda.max_memory_allocated(device),
+        "max_reserved": torch.cuda.max_memory_reserved(device),
+        "max_allocated": torch.cuda.max_memory_allocated(device),
         "reserved_now": reserved, "outside_allocator": used - reserved,
         "per_run_estimate": torch.cuda.max_memory_reserved(device) + used - reserved,
         "device_used": used, "total": total}.items()}
