@@ -232,10 +232,26 @@ def _plateau_top(X: np.ndarray, k: Knee) -> np.ndarray:
     return top
 
 
-def knee_attenuation(g: Grid, k: Knee, rng: np.random.Generator) -> np.ndarray:
-    """X-ray attenuation of knee ``k`` on grid ``g`` (float32 array of the grid's shape)."""
-    X, Y, aa = g.X, g.Y, max(g.px, 1e-4)
-    # femur: two condyles (the medial one flattened by deformity) under a flaring shaft
+@dataclass
+class _Bones:
+    """The signed-distance fields of one knee's bones and the outlines the shading needs."""
+
+    fem: np.ndarray  # femur (condyles, spurs and shaft)
+    tib: np.ndarray  # tibia (plateau, spines, spurs and shaft)
+    fib: np.ndarray  # fibular head and shaft
+    pat: np.ndarray  # patella
+    lat: np.ndarray  # lateral condyle alone
+    med: np.ndarray  # medial condyle alone
+    cy_l: float  # lateral condyle's centre (Y)
+    hw: np.ndarray  # the femoral shaft's half width per row
+    thw: np.ndarray  # the tibial shaft's half width per row
+    ptop: np.ndarray  # the tibial plateau's top edge (Y per column)
+
+
+def _femur(g: Grid, k: Knee) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray]:
+    """``(femur, lateral condyle, medial condyle, lateral centre Y, shaft half width)``: two condyles (the
+    medial one flattened by deformity) under a flaring shaft, with marginal spurs."""
+    X, Y = g.X, g.Y
     ry_m = k.cond_ry * (1 - 0.3 * k.deform)
     cy_l, cy_m = -k.jsw_lat / 2 - k.cond_ry, -k.jsw_med / 2 - ry_m
     lat = _superellipse(X, Y, -k.cond_dx, cy_l, k.cond_rx, k.cond_ry)
@@ -251,7 +267,13 @@ def knee_attenuation(g: Grid, k: Knee, rng: np.random.Generator) -> np.ndarray:
     for j, (sx, cy, ry) in enumerate(((-1, cy_l, k.cond_ry), (1, cy_m, ry_m))):
         base = (sx * (k.cond_dx + k.cond_rx * math.cos(a)), cy + ry * math.sin(a))
         fem = _spur(fem, g, base, (sx * 0.8, 1.0), k.osteo[j])
-    # tibia: plateau with spines, metaphysis narrowing towards the shaft
+    return fem, lat, med, cy_l, hw
+
+
+def _tibia(g: Grid, k: Knee) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(tibia, plateau top, shaft half width)``: plateau with spines, metaphysis narrowing towards the
+    shaft, marginal spurs."""
+    X, Y = g.X, g.Y
     ptop = _plateau_top(X, k)
     dist = np.clip(Y, 0.0, None) / 0.45
     thw = 0.15 + (k.tib_hw - 0.15) / (1.0 + dist * dist * dist)
@@ -260,7 +282,14 @@ def knee_attenuation(g: Grid, k: Knee, rng: np.random.Generator) -> np.ndarray:
         bx = sx * (k.tib_hw - 0.015)
         by = float(_plateau_top(np.array([bx], dtype=np.float32), k)[0]) + 0.012
         tib = _spur(tib, g, (bx, by), (sx * 1.0, -0.3), k.osteo[2 + j])
-    # fibular head and shaft (lateral), patella (projected through the femur)
+    return tib, ptop, thw
+
+
+def _bones(g: Grid, k: Knee) -> _Bones:
+    """Femur, tibia, fibular head and shaft (lateral), patella (projected through the femur)."""
+    X, Y = g.X, g.Y
+    fem, lat, med, cy_l, hw = _femur(g, k)
+    tib, ptop, thw = _tibia(g, k)
     fx, fy, fr = k.fib
     fib = np.full(X.shape, 1.0, dtype=np.float32)
     sl = g.window(-fx, fy + 1.5, 1.6)
@@ -268,56 +297,86 @@ def knee_attenuation(g: Grid, k: Knee, rng: np.random.Generator) -> np.ndarray:
     fib[sl] = _smin(
         _ellipse(Xs, Ys, -fx, fy, fr, fr * 1.2), _smax(np.abs(Xs + fx + 0.02 - 0.04 * (Ys - fy)) - 0.032, fy - Ys, 0.01), 0.05
     )
-    pcx, pcy, prx, pry, pstr = k.pat
+    pcx, pcy, prx, pry, _ = k.pat
     pat = _ellipse(X, Y, pcx, pcy, prx, pry)
+    return _Bones(fem=fem, tib=tib, fib=fib, pat=pat, lat=lat, med=med, cy_l=cy_l, hw=hw, thw=thw, ptop=ptop)
 
-    tex = _texture(X.shape, g.px, rng)
+
+def knee_attenuation(g: Grid, k: Knee, rng: np.random.Generator) -> np.ndarray:
+    """X-ray attenuation of knee ``k`` on grid ``g`` (float32 array of the grid's shape)."""
+    b = _bones(g, k)
+    tex = _texture(g.X.shape, g.px, rng)
+    A = _bone_shadows(g, k, b, tex)
+    inside_f, inside_t = _inner_contours(A, g, k, b)
+    if k.scler > 0:
+        A = _sclerosis(A, g, k, b, tex, inside_f, inside_t)
+    _cysts(A, g, k)
+    return A.astype(np.float32, copy=False)
+
+
+def _bone_shadows(g: Grid, k: Knee, b: _Bones, tex: np.ndarray) -> np.ndarray:
+    """Soft tissue plus each bone's shadow (thickness-weighted, textured) and its cortical rim."""
+    X, Y, aa = g.X, g.Y, max(g.px, 1e-4)
     sw = k.soft_w + 0.12 * np.clip(-Y - 0.3, 0.0, 1.5)
     A = k.soft * np.sqrt(np.clip(1.0 - (X / sw) ** 2, 0.0, 1.0))
     # femur and tibia are thick in the beam direction right up to their articular surfaces: their
     # projected thickness falls off towards the sides only (distance to the shaft outline)
-    fem_t = np.sqrt(np.clip((hw - np.abs(X)) / 0.2, 0.0, 1.0))
-    tib_t = np.sqrt(np.clip((thw - np.abs(X)) / 0.2, 0.0, 1.0))
-    fib_t = np.sqrt(np.clip(-fib / 0.06, 0.0, 1.0))
-    pat_t = np.sqrt(np.clip(-pat / 0.12, 0.0, 1.0))
+    fem_t = np.sqrt(np.clip((b.hw - np.abs(X)) / 0.2, 0.0, 1.0))
+    tib_t = np.sqrt(np.clip((b.thw - np.abs(X)) / 0.2, 0.0, 1.0))
+    fib_t = np.sqrt(np.clip(-b.fib / 0.06, 0.0, 1.0))
+    pat_t = np.sqrt(np.clip(-b.pat / 0.12, 0.0, 1.0))
     epi = 1.0 + 0.12 * np.exp(-np.abs(Y) / 0.15)  # denser epiphyses near the joint
-    for d, thick, dens, rim_w in ((fem, fem_t * epi, 1.0, 0.3), (tib, tib_t * epi, 1.0, 0.3),
-                                  (fib, fib_t, 0.22, 0.06), (pat, pat_t, pstr, 0.4)):
+    for d, thick, dens, rim_w in ((b.fem, fem_t * epi, 1.0, 0.3), (b.tib, tib_t * epi, 1.0, 0.3),
+                                  (b.fib, fib_t, 0.22, 0.06), (b.pat, pat_t, k.pat[4], 0.4)):
         mask = np.clip(0.5 - d / aa, 0.0, 1.0)
         rim = np.exp(-(((d + 0.006) / 0.005) ** 2))
         A = A + (k.density * dens) * (mask * (0.4 + 0.6 * thick) * (1.0 + k.tex_amp * tex) + rim_w * rim)
-    # inner contours: condyle outlines inside the femur, the posterior rim of the plateau
-    inside_f = np.clip(-fem / 0.02, 0.0, 1.0)
-    lower = np.clip((Y - cy_l) / 0.06 + 1.0, 0.0, 1.0)
-    A += (0.08 * k.density) * inside_f * lower * (np.exp(-((lat / 0.006) ** 2)) + np.exp(-((med / 0.006) ** 2)))
-    inside_t = np.clip(-tib / 0.01, 0.0, 1.0)
-    A += (0.12 * k.density) * inside_t * np.exp(-(((Y - ptop - 0.028) / 0.008) ** 2))
+    return A
+
+
+def _inner_contours(A: np.ndarray, g: Grid, k: Knee, b: _Bones) -> tuple[np.ndarray, np.ndarray]:
+    """Add (in place) the condyle outlines inside the femur, the posterior rim of the plateau, the
+    intercondylar fossa and the growth-plate scars; returns the femur's and tibia's interior weights."""
+    X, Y = g.X, g.Y
+    inside_f = np.clip(-b.fem / 0.02, 0.0, 1.0)
+    lower = np.clip((Y - b.cy_l) / 0.06 + 1.0, 0.0, 1.0)
+    A += (0.08 * k.density) * inside_f * lower * (np.exp(-((b.lat / 0.006) ** 2)) + np.exp(-((b.med / 0.006) ** 2)))
+    inside_t = np.clip(-b.tib / 0.01, 0.0, 1.0)
+    A += (0.12 * k.density) * inside_t * np.exp(-(((Y - b.ptop - 0.028) / 0.008) ** 2))
     sl = g.window(0.0, -k.notch_h - 0.03, 0.12)  # intercondylar fossa: a lucent arch above the notch
     if A[sl].size:
         fossa = _ellipse(X[sl], Y[sl], 0.0, -k.notch_h - 0.02, 0.06, 0.09)
         A[sl] -= 0.12 * k.density * np.clip(-fossa / 0.03, 0.0, 1.0)
     # growth-plate scars: faint wavy lines across the femoral and tibial metaphyses
-    for y0, d, inside in ((-0.2 - 0.5 * k.notch_h, fem, inside_f), (0.13, tib, inside_t)):
+    for y0, inside in ((-0.2 - 0.5 * k.notch_h, inside_f), (0.13, inside_t)):
         (a1, p1), (a2, p2) = k.wobble[1], k.wobble[2]
         line = Y - y0 - 0.01 * a1 * np.sin(X * 9.0 + p1) - 0.005 * a2 * np.sin(X * 23.0 + p2)
         A += (0.035 * k.density) * inside * np.exp(-((line / 0.006) ** 2))
-    # subchondral sclerosis, stronger in the (usually) narrowed compartment
-    if k.scler > 0:
-        w = 1.0 / (1.0 + np.exp(-X / 0.04))
-        if k.jsw_lat < k.jsw_med:
-            w = 1 - w
-        comp = (0.35 + 0.65 * w) * (k.scler * k.density)
-        near = np.clip((Y + 0.15) / 0.08, 0.0, 1.0)
-        band = np.exp(-np.clip(Y - ptop, 0.0, None) / 0.05) * inside_t
-        band += np.exp(np.clip(fem, None, 0.0) / 0.04) * inside_f * near
-        A = A + 0.8 * comp * band * (1.0 + 0.15 * tex)
-    for cx, depth, r in k.cysts:  # small lucencies under the narrowed plateau
+    return inside_f, inside_t
+
+
+def _sclerosis(A: np.ndarray, g: Grid, k: Knee, b: _Bones, tex: np.ndarray, inside_f: np.ndarray,
+               inside_t: np.ndarray) -> np.ndarray:
+    """Subchondral sclerosis, stronger in the (usually) narrowed compartment."""
+    X, Y = g.X, g.Y
+    w = 1.0 / (1.0 + np.exp(-X / 0.04))
+    if k.jsw_lat < k.jsw_med:
+        w = 1 - w
+    comp = (0.35 + 0.65 * w) * (k.scler * k.density)
+    near = np.clip((Y + 0.15) / 0.08, 0.0, 1.0)
+    band = np.exp(-np.clip(Y - b.ptop, 0.0, None) / 0.05) * inside_t
+    band += np.exp(np.clip(b.fem, None, 0.0) / 0.04) * inside_f * near
+    return A + 0.8 * comp * band * (1.0 + 0.15 * tex)
+
+
+def _cysts(A: np.ndarray, g: Grid, k: Knee) -> None:
+    """Subtract (in place) the small lucencies under the narrowed plateau."""
+    for cx, depth, r in k.cysts:
         cx = cx if k.jsw_med <= k.jsw_lat else -cx
         cy = float(_plateau_top(np.array([cx], dtype=np.float32), k)[0]) + depth
         sl = g.window(cx, cy, 2 * r)
         if A[sl].size:
-            A[sl] -= 0.35 * k.density * np.clip(-_ellipse(X[sl], Y[sl], cx, cy, r, r * 0.8) / (0.5 * r), 0, 1)
-    return A.astype(np.float32, copy=False)
+            A[sl] -= 0.35 * k.density * np.clip(-_ellipse(g.X[sl], g.Y[sl], cx, cy, r, r * 0.8) / (0.5 * r), 0, 1)
 
 
 def _texture(shape: tuple[int, ...], px: float, rng: np.random.Generator) -> np.ndarray:
