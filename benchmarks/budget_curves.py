@@ -175,6 +175,27 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def choose(args: argparse.Namespace) -> int:
+    """What ``kneelib reproduce --profile cpu --hours H`` chooses for each of ``--choose``'s budgets on this machine
+    (the cpu profile's grid), timed once; written beside ``--json`` as budget_choices_cpu.json."""
+    from kneelib.pipeline import get_profile
+    from kneelib.pipeline.budget import choose_budget, grid_timer, load_curves
+
+    profile, curves = get_profile("cpu"), load_curves()
+    grid_seconds = grid_timer(profile, DATA, curves.sizes, device="cpu")
+    choices = [choose_budget(hours, grid_seconds, curves) for hours in args.choose]
+    for budget in choices:
+        print(budget.describe(), flush=True)
+    out = args.json.parent / "budget_choices_cpu.json"
+    out.write_text(json.dumps({
+        "grid": f"{len(profile.archs)} architectures x {len(profile.schemes)} schemes x {len(profile.seeds)} seeds "
+                "(the cpu profile), one run at a time", "device": device_line(torch.get_num_threads()),
+        "alone": not args.shared, "choices": [dict(vars(b), recipe_changes=dict(b.recipe_changes)) for b in choices],
+        "projected_hours": {f"{size} px x {epochs}": round(grid_seconds(size, epochs) / 3600, 2)
+                            for size in curves.sizes for epochs in (4, 8, 16)}}, indent=1) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/budget-curves"))
@@ -189,11 +210,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared", action="store_true", help="the machine runs other work too (recorded)")
     parser.add_argument("--timing", action="store_true", help="time every architecture's epoch; train nothing")
+    parser.add_argument("--choose", nargs="+", type=float, metavar="HOURS",
+                        help="print and record what --hours chooses for these budgets; train nothing")
     parser.add_argument("--publish", action="store_true",
                         help="write kneelib/pipeline/assets/budget_curves.json from --jsonl's rows of --variants[0]")
     args = parser.parse_args()
     if args.publish:
         return publish(args)
+    if args.choose:
+        torch.set_num_threads(args.threads)
+        return choose(args)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.timing:

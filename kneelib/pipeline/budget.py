@@ -120,15 +120,15 @@ def choose_budget(hours: float, grid_seconds: Callable[[int, int], float], curve
     return Budget(hours, size, epochs, seconds, expected, bool(fitting), curves.recipe_changes)
 
 
-def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu",
-         curves: Curves | None = None) -> tuple[Profile, Budget]:
-    """``profile`` with the image size, epochs and recipe changes that fit ``hours`` on this machine, and the
-    :class:`Budget` behind them. Reads ``data`` (nothing is written); times every architecture at each size."""
+def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *,
+               device: str = "cpu") -> Callable[[int, int], float]:
+    """``grid_seconds(size, epochs)``: the projected training time of ``profile``'s grid on ``data`` at any of
+    ``sizes``, from one epoch of every architecture timed at each size on this machine. Reads ``data`` (the held-out
+    split in memory where the profile asks for it); writes nothing."""
     from kneelib.data.layout import discover
     from kneelib.data.split import held_out_split
     from kneelib.pipeline.projection import project_sweep, time_data
 
-    curves = curves or load_curves()
     samples = discover(Path(data))
     if profile.selection == "held-out" and "test" not in {s.split for s in samples}:
         samples = held_out_split(samples, source=Path(data))
@@ -136,7 +136,7 @@ def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu
     runs_per_arch = len(profile.schemes) * len(profile.seeds)
     train = [s for s in samples if s.split == "train"]
     per_size = {}
-    for size in curves.sizes:  # one epoch of every architecture at each measured size
+    for size in sizes:
         host = time_data(train, profile.schemes[0], image_size=size, clahe=profile.clahe)
         per_size[size] = project_sweep(profile.archs, counts, epochs=1, image_size=size,
                                        batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
@@ -145,8 +145,19 @@ def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu
     def grid_seconds(size: int, epochs: int) -> float:
         return dataclasses.replace(per_size[size], epochs=epochs).total_seconds
 
-    budget = choose_budget(hours, grid_seconds, curves)
+    return grid_seconds
+
+
+def with_budget(profile: Profile, budget: Budget) -> Profile:
+    """``profile`` with the budget's image size, epochs and recipe changes."""
     changes = tuple(sorted({**dict(profile.recipe_changes), **dict(budget.recipe_changes)}.items()))
-    chosen = dataclasses.replace(profile, image_size=budget.image_size, epochs=budget.epochs,
-                                 recipe_changes=changes)
-    return chosen, budget
+    return dataclasses.replace(profile, image_size=budget.image_size, epochs=budget.epochs, recipe_changes=changes)
+
+
+def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu",
+         curves: Curves | None = None) -> tuple[Profile, Budget]:
+    """``profile`` with the image size, epochs and recipe changes that fit ``hours`` on this machine, and the
+    :class:`Budget` behind them (:func:`grid_timer` times every architecture at each measured size)."""
+    curves = curves or load_curves()
+    budget = choose_budget(hours, grid_timer(profile, data, curves.sizes, device=device), curves)
+    return with_budget(profile, budget), budget
