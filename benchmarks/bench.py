@@ -34,7 +34,9 @@ from kneelib.errors import KneelibError
 from kneelib.models import build_model, list_models
 from kneelib.train import runtime
 from kneelib.train.config import TrainConfig, limit_samples
-from kneelib.train.loop import LIMIT_SEED, _loader, _run_epoch
+from kneelib.train.epoch import Placement, TrainHooks, _loader, run_epoch
+from kneelib.train.loop import LIMIT_SEED
+from kneelib.train.steps import EagerStep
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "kneeKL224"
@@ -68,8 +70,8 @@ def _stepper(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     optimizer = (torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
                  if train else None)
     batch = [(images, targets)]
-    return lambda: _run_epoch(model, batch, CPU, optimizer=optimizer, bar=False, desc="",
-                              memory_format=fmt)
+    step = EagerStep(model, optimizer, CPU)
+    return lambda: run_epoch(model, batch, step, Placement(CPU, fmt), hooks=TrainHooks() if train else None)
 
 
 def bench_arch(arch: str, *, image_size: int, batch_size: int, iters: int,
@@ -151,8 +153,8 @@ def bench_epoch(data: Path, *, n_images: int, image_size: int, batch_size: int,
 
     def epoch(side: str, loader: DataLoader, n: int) -> float:
         tic = time.perf_counter()
-        seen = _run_epoch(models[side], loader, CPU, optimizer=optimizers[side], bar=False,
-                          desc=side, memory_format=fmt[side])[2]
+        seen = run_epoch(models[side], loader, EagerStep(models[side], optimizers[side], CPU),
+                         Placement(CPU, fmt[side]), hooks=TrainHooks())[2]
         elapsed = time.perf_counter() - tic
         log(f"[epoch] {side} epoch {n}: {seen} images in {elapsed:.1f} s ({seen / elapsed:.1f} img/s)")
         return elapsed

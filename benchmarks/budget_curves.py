@@ -39,7 +39,7 @@ from kneelib.evaluate import evaluate_runs  # noqa: E402
 from kneelib.pipeline.profiles import ALL_ARCHS  # noqa: E402
 from kneelib.pipeline.projection import project_sweep  # noqa: E402
 from kneelib.report.paper import display_name  # noqa: E402
-from kneelib.train import TrainConfig, runtime, train  # noqa: E402
+from kneelib.train import Runtime, TrainConfig, runtime, train  # noqa: E402
 from kneelib.train.checkpoint import read_history  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "kneeKL224"
@@ -73,11 +73,11 @@ def point(args: argparse.Namespace, manifest: Path, arch: str, size: int, epochs
           seed: int) -> dict:
     """Train (or resume) one run and score its val'-chosen checkpoint on the official val split."""
     config = TrainConfig.from_recipe("scratch", arch=arch, scheme=args.scheme, seed=seed, epochs=epochs,
-                                     image_size=size, weights=None, device="cpu", **VARIANTS[variant])
+                                     image_size=size, weights=None, **VARIANTS[variant])
     slug = f"{arch}_{args.scheme}_{size}px_{epochs}ep_{variant.replace(' ', '').replace(',', '+')}_s{seed}"
     tic = time.time()
-    run = train(config, data_dir=manifest, out_dir=args.out / slug, resume=True, progress=False, verbose=True,
-                keep_last=False)
+    run = train(config, runtime=Runtime(device="cpu"), data_dir=manifest, out_dir=args.out / slug, resume=True,
+                progress=False, verbose=True, keep_last=False).run_dir
     minutes = (time.time() - tic) / 60
     metrics, _ = evaluate_runs([run], manifest, split="test", device="cpu", progress=False)
     m = next(iter(metrics["models"].values()))

@@ -31,7 +31,8 @@ from kneelib.models import build_model
 from kneelib.pipeline.profiles import get_profile
 from kneelib.train import optim, runtime
 from kneelib.train.config import TrainConfig, limit_samples
-from kneelib.train.loop import LIMIT_SEED, _run_epoch, make_lazy_step, place_model
+from kneelib.train.epoch import Placement, TrainHooks, run_epoch
+from kneelib.train.loop import LIMIT_SEED, make_lazy_step, place_model
 
 #: bench.py's reference pipeline: (transform for an image size, ImageFolder tree of samples under a folder).
 Reference = tuple[Callable[[int], Any], Callable[[Sequence[Any], Path], Path]]
@@ -76,10 +77,10 @@ def _cycle_batches(data: DeviceBatches, batch_size: int, steps: int, memory_form
 def train_loop_speed(arch: str, data: DeviceBatches, held: DeviceBatches, device: torch.device, *,
                      graphs: bool, batch_size: int = 32, steps: int = 60, warmup: int = 5) -> dict[str, Any]:
     """Images/s of kneelib's training loop (``data``: the train split on the device, augmented;
-    ``_run_epoch``) for ``steps`` full batches after ``warmup`` (capture included there), and of its
+    ``run_epoch``) for ``steps`` full batches after ``warmup`` (capture included there), and of its
     evaluation pass over ``held`` (the val split on the device).
 
-    Set up as ``kneelib train`` sets a run up (:func:`kneelib.train.loop.place_model`, ``make_lazy_step``,
+    Set up as ``kneelib train`` sets a run up (:func:`kneelib.train.build.place_model`, ``make_lazy_step``,
     the recipe's per-step schedule, ``runtime.prepare_backends``): the same backend flags, memory format,
     optimizer, and a step captured on the first real batch."""
     _forced_failure(f"train_loop:{arch}")
@@ -101,8 +102,8 @@ def train_loop_speed(arch: str, data: DeviceBatches, held: DeviceBatches, device
     def run(n: int) -> float:
         _sync(device)
         start = time.perf_counter()
-        _run_epoch(model, _cycle_batches(data, batch_size, n, fmt), device, optimizer=optimizer, bar=False,
-                   desc="", memory_format=fmt, step=step, step_scheduler=scheduler if per_step else None)
+        run_epoch(model, _cycle_batches(data, batch_size, n, fmt), step, Placement(device, fmt),
+                  hooks=TrainHooks(scheduler if per_step else None))
         _sync(device)
         return time.perf_counter() - start
 
@@ -111,8 +112,8 @@ def train_loop_speed(arch: str, data: DeviceBatches, held: DeviceBatches, device
     seconds = run(steps)
     _sync(device)
     start = time.perf_counter()
-    _, _, seen = _run_epoch(model, held.batches(range(len(held)), batch_size, memory_format=fmt), device,
-                            optimizer=None, bar=False, desc="", memory_format=fmt, step=eval_step)
+    _, _, seen = run_epoch(model, held.batches(range(len(held)), batch_size, memory_format=fmt), eval_step,
+                           Placement(device, fmt))
     _sync(device)
     eval_seconds = time.perf_counter() - start
     cuda = device.type == "cuda"

@@ -61,7 +61,8 @@ def preflight(data: Path, device_name: str, *, log=print) -> dict[str, Any]:
     from kneelib.models import build_model
     from kneelib.train import runtime
     from kneelib.train.config import TrainConfig, limit_samples
-    from kneelib.train.loop import LIMIT_SEED, _run_epoch, make_lazy_step, place_model
+    from kneelib.train.epoch import Placement, TrainHooks, run_epoch
+    from kneelib.train.loop import LIMIT_SEED, make_lazy_step, place_model
 
     found: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda}
     cuda = device_name.startswith("cuda")
@@ -126,13 +127,12 @@ def preflight(data: Path, device_name: str, *, log=print) -> dict[str, Any]:
     eval_step = make_lazy_step(model, None, device, config, num_classes=5, label_smoothing=0.0, graphs=cuda)
     before = [p.detach().clone() for p in model.parameters()]
     tic = time.perf_counter()
-    loss, _, _ = _run_epoch(model, made * (3 if cuda else 1), device, optimizer=optimizer, bar=False, desc="",
-                            memory_format=fmt, step=step)
-    _run_epoch(model, made, device, optimizer=None, bar=False, desc="", memory_format=fmt, step=eval_step)
+    loss, _, _ = run_epoch(model, made * (3 if cuda else 1), step, Placement(device, fmt), hooks=TrainHooks())
+    run_epoch(model, made, eval_step, Placement(device, fmt))
     if cuda:
         torch.cuda.synchronize(device)
     found.update(step=step.step.path, why_eager=step.step.why, eval_step=eval_step.step.path,
-                 arithmetic="bf16 autocast" if runtime.autocast_dtype(config.precision, device) else "fp32",
+                 arithmetic="bf16 autocast" if runtime.autocast_dtype("auto", device) else "fp32",
                  loss=round(loss, 4),
                  step_seconds=round(time.perf_counter() - tic, 2))
     log(f"resnet18 steps: train {found['step']}, eval {found['eval_step']}, {found['arithmetic']}, loss "

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from kneelib import cpu_pin  # noqa: E402
 from kneelib.evaluate import evaluate_runs  # noqa: E402
-from kneelib.train import TrainConfig, train  # noqa: E402
+from kneelib.train import Runtime, TrainConfig, train  # noqa: E402
 from kneelib.data.layout import discover  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 
@@ -57,10 +57,10 @@ def main() -> int:
     for arch in args.archs:
         for precision in ("fp32", "bf16"):
             config = TrainConfig.from_recipe("scratch", arch=arch, seed=args.seed, epochs=args.epochs,
-                                             image_size=args.image_size, threads=args.threads, device="cpu",
-                                             precision=precision)
-            run = train(config, data_dir=manifest, out_dir=args.out / f"{arch}_{precision}", resume=True,
-                        progress=False)
+                                             image_size=args.image_size)
+            run = train(config, runtime=Runtime(device="cpu", threads=args.threads, precision=precision),
+                        data_dir=manifest, out_dir=args.out / f"{arch}_{precision}", resume=True,
+                        progress=False).run_dir
             metrics, _ = evaluate_runs([run], manifest, split="test", device="cpu", progress=False)
             m = next(iter(metrics["models"].values()))
             history = list(csv.DictReader((run / "history.csv").open()))

@@ -38,7 +38,7 @@ from kneelib.data.schemes import get_scheme  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 from kneelib.evaluate import evaluate_runs  # noqa: E402
 from kneelib.report.recipe_ablation import conditions_record, save_ablation, variant_record  # noqa: E402
-from kneelib.train import TrainConfig, runtime, train  # noqa: E402
+from kneelib.train import Runtime, TrainConfig, runtime, train  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "kneeKL224"
 #: The first from-scratch recipe (kept to show why the current one differs): peak lr 2e-3, label smoothing 0.1,
@@ -113,12 +113,12 @@ def main() -> int:
         for seed in args.seeds:
             config = TrainConfig.from_recipe(recipe, arch=args.arch, scheme=args.scheme, seed=seed,
                                              epochs=args.epochs, image_size=args.image_size, weights=None,
-                                             device="cpu", precision=args.precision, **changes)
+                                             **changes)
             slug = name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "").replace(",", "")
             status = args.out / f"{slug}_s{seed}" / "status.json"
             trained |= not (status.is_file() and json.loads(status.read_text()).get("finished"))
-            run = train(config, data_dir=manifest, out_dir=args.out / f"{slug}_s{seed}", resume=True,
-                        progress=False, verbose=True)
+            run = train(config, runtime=Runtime(device="cpu", precision=args.precision), data_dir=manifest,
+                        out_dir=args.out / f"{slug}_s{seed}", resume=True, progress=False, verbose=True).run_dir
             runs.append(run)
         metrics, _ = evaluate_runs(runs, manifest, split="test", device="cpu", progress=False)
         histories = [list(csv.DictReader((r / "history.csv").open())) for r in runs]

@@ -18,11 +18,12 @@ from kneelib.data.batched import BatchedAugmentation, DeviceBatches
 from kneelib.data.transforms import paper_augmentation
 from kneelib.errors import KneelibError
 from kneelib.models.registry import build_model
-from kneelib.train import TrainConfig, train
+from kneelib.train import Runtime, TrainConfig, train
 from kneelib.train import loop as train_loop
 from kneelib.train.steps import EagerStep, _Snapshot, make_step
 
-TINY = dict(arch="resnet18", epochs=2, image_size=64, batch_size=4, seed=5, device="cpu", data_on_device=True)
+TINY = dict(arch="resnet18", epochs=2, image_size=64, batch_size=4, seed=5)
+ON_DEVICE = Runtime(device="cpu", data_on_device=True)
 N_DRAWS = 1500
 
 
@@ -213,15 +214,18 @@ def _rows(run: Path) -> list[dict[str, str]]:
 
 
 def test_training_with_data_on_the_device_resumes_exactly(data: Path, tmp_path: Path) -> None:
-    straight = train(TrainConfig(**TINY), data_dir=data, out_dir=tmp_path / "a", progress=False, verbose=False)
+    straight = train(TrainConfig(**TINY), runtime=ON_DEVICE, data_dir=data, out_dir=tmp_path / "a", progress=False,
+                     verbose=False).run_dir
     execution = json.loads((straight / "config.json").read_text())["execution"]
     assert execution["data"].startswith("on the device") and execution["step"] == "eager"
     resumed = tmp_path / "b"
-    train(TrainConfig(**TINY), data_dir=data, out_dir=resumed, progress=False, verbose=False, stop_after_epoch=1)
-    train(TrainConfig(**TINY), data_dir=data, out_dir=resumed, resume=True, progress=False, verbose=False)
+    train(TrainConfig(**TINY), runtime=ON_DEVICE, data_dir=data, out_dir=resumed, progress=False, verbose=False,
+          stop_after_epoch=1)
+    train(TrainConfig(**TINY), runtime=ON_DEVICE, data_dir=data, out_dir=resumed, resume=True, progress=False,
+          verbose=False)
     assert _rows(resumed) == _rows(straight)
-    host = train(TrainConfig(**{**TINY, "data_on_device": False}), data_dir=data, out_dir=tmp_path / "c",
-                 progress=False, verbose=False)
+    host = train(TrainConfig(**TINY), runtime=Runtime(device="cpu", data_on_device=False), data_dir=data,
+                 out_dir=tmp_path / "c", progress=False, verbose=False).run_dir
     assert json.loads((host / "config.json").read_text())["execution"]["data"].startswith("host")
 
 
@@ -243,7 +247,7 @@ def test_steps_fall_back_to_eager_on_a_cpu_and_snapshots_restore() -> None:
 
 def test_out_of_gpu_memory_is_one_line_and_the_run_stays_resumable(data: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    real = train_loop._run_epoch
+    real = train_loop.run_epoch
     calls = {"n": 0}
 
     def run_epoch(*args, **kwargs):
@@ -252,14 +256,15 @@ def test_out_of_gpu_memory_is_one_line_and_the_run_stays_resumable(data: Path, t
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_loop, "_run_epoch", run_epoch)
+    monkeypatch.setattr(train_loop, "run_epoch", run_epoch)
     out = tmp_path / "oom"
     with pytest.raises(KneelibError) as err:
-        train(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False)
+        train(TrainConfig(**TINY), runtime=ON_DEVICE, data_dir=data, out_dir=out, progress=False, verbose=False)
     message = str(err.value)
     assert "\n" not in message and "out of GPU memory at batch size 4" in message and "--resume" in message
-    monkeypatch.setattr(train_loop, "_run_epoch", real)
-    train(TrainConfig(**TINY), data_dir=data, out_dir=out, resume=True, progress=False, verbose=False)
+    monkeypatch.setattr(train_loop, "run_epoch", real)
+    train(TrainConfig(**TINY), runtime=ON_DEVICE, data_dir=data, out_dir=out, resume=True, progress=False,
+          verbose=False)
     assert json.loads((out / "status.json").read_text())["finished"] is True
 
 

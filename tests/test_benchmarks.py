@@ -142,10 +142,10 @@ def test_the_gpu_benchmark_measures_what_the_loop_runs(tmp_path: Path, monkeypat
     (``place_model``, ``make_lazy_step``, ``runtime.prepare_backends``)."""
     gpu_bench = _gpu_bench_module()
     from kneelib.data.batched import DeviceBatches
-    from kneelib.train import loop, runtime
+    from kneelib.train import build, runtime
 
     seen = {}
-    real_make_step, real_prepare = loop.make_step, getattr(runtime, "prepare_backends", None)
+    real_make_step, real_prepare = build.make_step, getattr(runtime, "prepare_backends", None)
 
     def make_step(model, optimizer, device, *, example, **kwargs):
         seen.setdefault("examples", []).append(example.is_contiguous(memory_format=torch.channels_last))
@@ -155,7 +155,7 @@ def test_the_gpu_benchmark_measures_what_the_loop_runs(tmp_path: Path, monkeypat
         seen["prepared"] = True
         real_prepare(device)
 
-    monkeypatch.setattr(loop, "make_step", make_step)
+    monkeypatch.setattr(build, "make_step", make_step)
     monkeypatch.setattr(gpu_bench, "make_step", make_step, raising=False)  # where a copy of the setup calls it
     monkeypatch.setattr(runtime, "prepare_backends", prepare_backends, raising=False)
     monkeypatch.setattr(runtime, "memory_format", lambda device, arch=None, bf16=False: torch.channels_last)

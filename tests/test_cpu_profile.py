@@ -24,7 +24,7 @@ from kneelib.evaluate.metrics import paired_difference_ci
 from kneelib.pipeline.profiles import get_profile
 from kneelib.pipeline.projection import Projection, SweepProgress, project_sweep, time_data, time_steps, trained_so_far
 from kneelib.train import runtime
-from kneelib.train.config import TrainConfig
+from kneelib.train.config import Runtime, TrainConfig
 from kneelib.train.recipes import FAMILY_FIELDS, RECIPES, arch_family, recipe_fields
 
 
@@ -98,7 +98,7 @@ def test_bf16_only_where_native_and_unpinned(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(KneelibError, match="unknown precision"):
         runtime.autocast_dtype("fp16", cpu)
     with pytest.raises(KneelibError, match="precision must be one of"):
-        TrainConfig(arch="resnet18", precision="half").validate()
+        Runtime(precision="half").validate()
     assert runtime.memory_format(cpu, "resnet18") == torch.contiguous_format
     assert runtime.memory_format(cpu, "resnet18", bf16=True) == torch.channels_last
 
@@ -107,8 +107,9 @@ def test_a_bf16_run_records_its_arithmetic(tmp_path: Path) -> None:
     from kneelib.train import train
 
     data = make_tiny_dataset(tmp_path / "d")
-    config = TrainConfig(arch="resnet18", epochs=1, image_size=64, batch_size=4, device="cpu", precision="bf16")
-    run = train(config, data_dir=data, out_dir=tmp_path / "run", progress=False, verbose=False)
+    config = TrainConfig(arch="resnet18", epochs=1, image_size=64, batch_size=4)
+    run = train(config, runtime=Runtime(device="cpu", precision="bf16"), data_dir=data, out_dir=tmp_path / "run",
+                progress=False, verbose=False).run_dir
     saved = json.loads((run / "config.json").read_text())
     assert saved["precision"] == "bf16" and saved["execution"]["arithmetic"] == "bf16 autocast"
     assert math.isfinite(float((run / "history.csv").read_text().splitlines()[1].split(",")[2]))

@@ -17,12 +17,13 @@ from kneelib.data.layout import discover, select_split
 from kneelib.errors import KneelibError
 from kneelib.models.registry import build_model
 from kneelib.train import checkpoint as ckpt
-from kneelib.train import runtime, train
+from kneelib.train import Runtime, TrainResult, runtime, train
 from kneelib.train.config import TrainConfig, config_mismatch, limit_samples
 
 #: Tiny and fast: 64 px, 10 train / 5 val images, batch 4; lr halves every epoch (tests the scheduler).
 TINY = dict(arch="resnet18", epochs=3, image_size=64, batch_size=4, lr_step=1, lr_gamma=0.5,
-            seed=7, device="cpu")
+            seed=7)
+CPU = Runtime(device="cpu")
 CONTRACT_KEYS = {"arch", "scheme", "class_names", "num_classes", "image_size", "clahe", "normalize",
                  "seed", "epochs", "batch_size", "lr", "weight_decay", "lr_step", "lr_gamma", "weights",
                  "data_dir", "data_hash", "versions", "git_commit", "device", "limit", "split_protocol",
@@ -43,8 +44,13 @@ def cache() -> DecodeCache:
 def straight(data: Path, cache: DecodeCache, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 3-epoch run, uninterrupted."""
     out = tmp_path_factory.mktemp("runs") / "straight"
-    return train(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False,
+    return fit(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False,
                  cache=cache)
+
+
+def fit(config: TrainConfig, runtime: Runtime = CPU, **kwargs: object) -> Path:
+    """``train`` on the CPU; the run directory."""
+    return train(config, runtime=runtime, **kwargs).run_dir
 
 
 def history_rows(run: Path) -> list[dict[str, str]]:
@@ -91,12 +97,12 @@ def test_checkpoints_load_weights_only(straight: Path) -> None:
 def test_resume_matches_uninterrupted_run(straight: Path, data: Path, cache: DecodeCache,
                                           tmp_path: Path) -> None:
     out = tmp_path / "resumed"
-    train(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache,
+    fit(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache,
           stop_after_epoch=1)
     assert json.loads((out / "status.json").read_text())["finished"] is False
     assert len(history_rows(out)) == 1
     torch.manual_seed(12345)  # a different global RNG state must not matter
-    train(TrainConfig(**TINY), data_dir=data, out_dir=out, resume=True, progress=False, verbose=False,
+    fit(TrainConfig(**TINY), data_dir=data, out_dir=out, resume=True, progress=False, verbose=False,
           cache=cache)
     assert history_rows(out) == history_rows(straight)
     a = torch.load(straight / "best.pt", weights_only=True)
@@ -107,19 +113,55 @@ def test_resume_matches_uninterrupted_run(straight: Path, data: Path, cache: Dec
     assert all(torch.equal(la[k], lb[k]) for k in la)
 
 
+def test_train_returns_a_result_and_writes_config_once(data: Path, cache: DecodeCache, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out, two = tmp_path / "r", TrainConfig(**{**TINY, "epochs": 2})
+    written: list[str] = []
+    real_write = ckpt.write_json
+
+    def counting(path: Path, data: dict) -> Path:
+        written.append(Path(path).name)
+        return real_write(path, data)
+
+    monkeypatch.setattr(ckpt, "write_json", counting)
+    first = train(two, runtime=CPU, data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache,
+                  stop_after_epoch=1)
+    assert isinstance(first, TrainResult) and first.run_dir == out and Path(first) == out
+    assert (first.epochs, first.finished) == (1, False)
+    done = train(two, runtime=CPU, data_dir=data, out_dir=out, resume=True, progress=False, verbose=False,
+                 cache=cache)
+    status = json.loads((out / "status.json").read_text())
+    assert (done.epochs, done.finished, done.best_epoch, done.best_val_acc) == (
+        2, True, status["best_epoch"], status["best_val_acc"])
+    assert written.count("config.json") == 1  # after the first epoch, when the execution path is known
+    assert json.loads((out / "config.json").read_text())["execution"]["step"] == "eager"
+
+
+def test_a_run_stopped_in_its_first_epoch_resumes(data: Path, cache: DecodeCache, tmp_path: Path) -> None:
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / "status.json").write_text('{"finished": false, "epoch": 0, "best_epoch": null, "best_val_acc": null}')
+    with pytest.raises(KneelibError, match="unfinished run; pass --resume"):
+        fit(TrainConfig(**{**TINY, "epochs": 1}), data_dir=data, out_dir=out, progress=False, verbose=False,
+            cache=cache)
+    fit(TrainConfig(**{**TINY, "epochs": 1}), data_dir=data, out_dir=out, resume=True, progress=False,
+        verbose=False, cache=cache)
+    assert json.loads((out / "status.json").read_text())["finished"] is True and (out / "config.json").is_file()
+
+
 def test_same_seed_same_history_other_seed_differs(straight: Path, data: Path, cache: DecodeCache,
                                                    tmp_path: Path) -> None:
-    one = train(TrainConfig(**{**TINY, "epochs": 1}), data_dir=data, out_dir=tmp_path / "a",
+    one = fit(TrainConfig(**{**TINY, "epochs": 1}), data_dir=data, out_dir=tmp_path / "a",
                 progress=False, verbose=False, cache=cache)
     assert history_rows(one) == history_rows(straight)[:1]
-    other = train(TrainConfig(**{**TINY, "epochs": 1, "seed": 8}), data_dir=data,
+    other = fit(TrainConfig(**{**TINY, "epochs": 1, "seed": 8}), data_dir=data,
                   out_dir=tmp_path / "b", progress=False, verbose=False, cache=cache)
     assert history_rows(other) != history_rows(one)
 
 
 def test_workers_do_not_change_results(straight: Path, data: Path, cache: DecodeCache,
                                        tmp_path: Path) -> None:
-    run = train(TrainConfig(**{**TINY, "epochs": 1, "workers": 2}), data_dir=data,
+    run = fit(TrainConfig(**{**TINY, "epochs": 1}), Runtime(device="cpu", workers=2), data_dir=data,
                 out_dir=tmp_path / "w", progress=False, verbose=False, cache=cache)
     assert history_rows(run) == history_rows(straight)[:1]
 
@@ -129,7 +171,7 @@ def test_initial_weights_from_a_checkpoint(straight: Path, data: Path, cache: De
     monkeypatch.chdir(straight.parent)
     config = TrainConfig(**{**TINY, "epochs": 1, "limit": 5, "weights": "straight/best.pt"})
     assert config.weights == str(straight / "best.pt")
-    run = train(config, data_dir=data, out_dir=tmp_path / "ft", progress=False, verbose=False,
+    run = fit(config, data_dir=data, out_dir=tmp_path / "ft", progress=False, verbose=False,
                 cache=cache)
     assert json.loads((run / "config.json").read_text())["weights"] == str(straight / "best.pt")
     assert TrainConfig(arch="resnet18", weights="none").weights is None
@@ -139,14 +181,14 @@ def test_initial_weights_from_a_checkpoint(straight: Path, data: Path, cache: De
 def test_finished_run_is_never_clobbered(straight: Path, data: Path, cache: DecodeCache) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in straight.iterdir()}
     lines: list[str] = []
-    train(TrainConfig(**TINY), data_dir=data, out_dir=straight, resume=True, progress=False,
+    fit(TrainConfig(**TINY), data_dir=data, out_dir=straight, resume=True, progress=False,
           cache=cache, log=lines.append)
     assert len(lines) == 1 and "already finished" in lines[0]
     with pytest.raises(KneelibError, match="finished run"):
-        train(TrainConfig(**TINY), data_dir=data, out_dir=straight, progress=False, verbose=False,
+        fit(TrainConfig(**TINY), data_dir=data, out_dir=straight, progress=False, verbose=False,
               cache=cache)
     with pytest.raises(KneelibError, match="different configuration.*lr"):
-        train(TrainConfig(**{**TINY, "lr": 0.01}), data_dir=data, out_dir=straight, resume=True,
+        fit(TrainConfig(**{**TINY, "lr": 0.01}), data_dir=data, out_dir=straight, resume=True,
               progress=False, verbose=False, cache=cache)
     assert {p.name: p.stat().st_mtime_ns for p in straight.iterdir()} == before
 
@@ -157,29 +199,29 @@ def test_sweep_runs_drop_last_checkpoint_once_finished(straight: Path, data: Pat
     out = tmp_path / "sweep"
     kwargs = {"data_dir": data, "out_dir": out, "progress": False, "verbose": False, "cache": cache,
               "keep_last": False}
-    train(TrainConfig(**TINY), **kwargs, stop_after_epoch=1)
+    fit(TrainConfig(**TINY), **kwargs, stop_after_epoch=1)
     assert (out / "last.pt").is_file()
-    train(TrainConfig(**TINY), **kwargs, resume=True)
+    fit(TrainConfig(**TINY), **kwargs, resume=True)
     assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "best.pt", "status.json"}
     assert history_rows(out) == history_rows(straight)
     a, b = (torch.load(r / "best.pt", weights_only=True) for r in (straight, out))
     assert all(torch.equal(a[k], b[k]) for k in a)
     old = tmp_path / "old"  # a finished run from before: its last.pt goes when the sweep passes by again
     shutil.copytree(straight, old)
-    train(TrainConfig(**TINY), **{**kwargs, "out_dir": old}, resume=True)
+    fit(TrainConfig(**TINY), **{**kwargs, "out_dir": old}, resume=True)
     assert {p.name for p in old.iterdir()} == {p.name for p in out.iterdir()}
 
 
 def test_unfinished_run_needs_resume(data: Path, cache: DecodeCache, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    train(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache,
+    fit(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache,
           stop_after_epoch=1)
     with pytest.raises(KneelibError, match="--resume"):
-        train(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache)
+        fit(TrainConfig(**TINY), data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(KneelibError, match="not empty"):
-        train(TrainConfig(**TINY), data_dir=data, out_dir=tmp_path / "other", progress=False,
+        fit(TrainConfig(**TINY), data_dir=data, out_dir=tmp_path / "other", progress=False,
               verbose=False, cache=cache)
 
 
@@ -187,7 +229,7 @@ def test_killed_checkpoint_write_keeps_previous(data: Path, cache: DecodeCache, 
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     two = TrainConfig(**{**TINY, "epochs": 2})
-    train(two, data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache,
+    fit(two, data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache,
           stop_after_epoch=1)
     real_save = torch.save
 
@@ -199,7 +241,7 @@ def test_killed_checkpoint_write_keeps_previous(data: Path, cache: DecodeCache, 
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        train(two, data_dir=data, out_dir=out, resume=True, progress=False,
+        fit(two, data_dir=data, out_dir=out, resume=True, progress=False,
               verbose=False, cache=cache)
     monkeypatch.setattr(torch, "save", real_save)
     last = torch.load(out / "last.pt", weights_only=True)
@@ -207,7 +249,7 @@ def test_killed_checkpoint_write_keeps_previous(data: Path, cache: DecodeCache, 
     assert leftovers(out) == []
     (out / ".last.pt.k1ll3d.tmp").write_bytes(b"left by a SIGKILL")  # atomic_path could not clean up
     # the run resumes from the intact checkpoint
-    train(two, data_dir=data, out_dir=out, resume=True, progress=False, verbose=False,
+    fit(two, data_dir=data, out_dir=out, resume=True, progress=False, verbose=False,
           cache=cache)
     assert json.loads((out / "status.json").read_text())["finished"] is True
     assert leftovers(out) == []
@@ -221,12 +263,13 @@ def test_limit_is_stratified_and_deterministic(data: Path) -> None:
     assert limit_samples(samples, None) == samples and limit_samples(samples, 99) == samples
 
 
-def test_config_mismatch_ignores_runtime_fields() -> None:
-    a = {**TrainConfig(**TINY).to_dict(), "data_hash": "x"}
-    b = {**TrainConfig(**{**TINY, "device": "cuda", "workers": 3}).to_dict(), "data_hash": "x"}
+def test_config_mismatch_ignores_runtime_fields_but_precision() -> None:
+    a = {**TrainConfig(**TINY).to_dict(), **CPU.to_dict(), "data_hash": "x"}
+    b = {**TrainConfig(**TINY).to_dict(), **Runtime(device="cuda", workers=3, threads=2).to_dict(),
+         "data_hash": "x"}
     assert config_mismatch(a, b) == []
-    assert config_mismatch(a, {**b, "data_hash": "y", "seed": 1}) == [
-        "seed: 7 → 1", "data_hash: 'x' → 'y'"]
+    assert config_mismatch(a, {**b, "data_hash": "y", "seed": 1, "precision": "bf16"}) == [
+        "seed: 7 → 1", "precision: 'auto' → 'bf16'", "data_hash: 'x' → 'y'"]
 
 
 def test_rng_state_round_trips_weights_only(tmp_path: Path) -> None:
@@ -328,10 +371,10 @@ def test_recipes_set_their_fields_and_overrides_win() -> None:
 def test_scratch_recipe_resumes_exactly(data: Path, cache: DecodeCache, tmp_path: Path) -> None:
     """Per-batch schedule, weight EMA and balanced sampling (options beside the recipe) survive a kill."""
     config = TrainConfig.from_recipe("scratch", **SCRATCH_TINY, ema_decay=0.999, balanced=True, label_smoothing=0.1)
-    straight = train(config, data_dir=data, out_dir=tmp_path / "a", progress=False, verbose=False, cache=cache)
+    straight = fit(config, data_dir=data, out_dir=tmp_path / "a", progress=False, verbose=False, cache=cache)
     out = tmp_path / "b"
-    train(config, data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache, stop_after_epoch=1)
-    train(config, data_dir=data, out_dir=out, resume=True, progress=False, verbose=False, cache=cache)
+    fit(config, data_dir=data, out_dir=out, progress=False, verbose=False, cache=cache, stop_after_epoch=1)
+    fit(config, data_dir=data, out_dir=out, resume=True, progress=False, verbose=False, cache=cache)
     assert history_rows(out) == history_rows(straight)
     a, b = (torch.load(r / "best.pt", weights_only=True) for r in (straight, out))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -342,24 +385,16 @@ def test_scratch_recipe_resumes_exactly(data: Path, cache: DecodeCache, tmp_path
     assert saved["recipe"] == "scratch" and saved["balanced"] is True
 
 
-def test_prior_bias_starts_the_head_at_the_training_prior(data: Path, cache: DecodeCache, tmp_path: Path) -> None:
-    from kneelib.train.optim import init_head_to_prior
-
-    head = torch.nn.Linear(8, 5)
-    init_head_to_prior(head, torch.tensor([0, 0, 0, 1, 2, 2]))
-    assert torch.allclose(head.bias.softmax(0), torch.tensor([3, 1, 2, 0.5, 0.5]) / 7)
-    config = TrainConfig(**{**TINY, "epochs": 1, "prior_bias": True})
-    out = train(config, data_dir=data, out_dir=tmp_path / "p", progress=False, verbose=False, cache=cache)
-    assert json.loads((out / "config.json").read_text())["prior_bias"] is True
-    plain = train(TrainConfig(**{**TINY, "epochs": 1}), data_dir=data, out_dir=tmp_path / "q", progress=False,
-                  verbose=False, cache=cache)
-    assert history_rows(out)[0]["train_loss"] != history_rows(plain)[0]["train_loss"]
+def test_a_run_of_a_removed_option_does_not_resume() -> None:
+    """``prior_bias`` (removed): a run trained with it differs from any run now; one without it resumes."""
+    now = {**TrainConfig(**TINY).to_dict(), **CPU.to_dict()}
+    assert config_mismatch({**now, "prior_bias": False}, now) == []
+    assert config_mismatch({**now, "prior_bias": True}, now) == ["prior_bias: True → False"]
 
 
 def test_runs_from_before_the_recipe_fields_still_resume() -> None:
     old = TrainConfig(**TINY).to_dict()
-    for key in ("recipe", "optimizer", "schedule", "warmup_epochs", "label_smoothing", "ema_decay", "balanced",
-                "prior_bias"):
+    for key in ("recipe", "optimizer", "schedule", "warmup_epochs", "label_smoothing", "ema_decay", "balanced"):
         old.pop(key)
     assert config_mismatch(old, TrainConfig(**TINY).to_dict()) == []
     assert config_mismatch(old, TrainConfig.from_recipe("scratch", **SCRATCH_TINY).to_dict())

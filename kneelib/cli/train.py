@@ -7,10 +7,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from kneelib.train.config import TrainConfig
+from kneelib.train.config import Runtime, TrainConfig
 from kneelib.train.recipes import RECIPES
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_DEFAULTS = {f.name: f.default for cls in (TrainConfig, Runtime) for f in dataclasses.fields(cls)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,18 +82,19 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig.from_recipe(
         args.recipe, arch=args.arch, scheme=args.scheme, seed=args.seed, epochs=args.epochs,
         image_size=args.image_size, batch_size=args.batch_size, weights=args.weights, clahe=args.clahe,
-        limit=args.limit, device=args.device, workers=args.workers, threads=args.threads,
-        data_on_device={"auto": None, "yes": True, "no": False}[args.data_on_device],
-        cuda_graphs=not args.no_cuda_graphs, precision=args.precision, **overrides,
+        limit=args.limit, **overrides,
     ).validate()
+    runtime = Runtime(device=args.device, workers=args.workers, threads=args.threads,
+                      data_on_device={"auto": None, "yes": True, "no": False}[args.data_on_device],
+                      cuda_graphs=not args.no_cuda_graphs, precision=args.precision).validate()
     if config.recipe == "paper" and config.weights is None and not args.quiet and Path(args.data).exists():
         print("kneelib: note: the paper's recipe assumes ImageNet weights; from random weights use "
               "--recipe scratch", file=sys.stderr)
     cache = None
     if args.disk_cache is not None:
         cache = DecodeCache(args.disk_cache or default_cache_dir())
-    out = train(config, data_dir=args.data, out_dir=args.out, resume=args.resume,
-                progress=False if args.quiet else None, verbose=not args.quiet, cache=cache)
+    result = train(config, runtime=runtime, data_dir=args.data, out_dir=args.out, resume=args.resume,
+                   progress=False if args.quiet else None, verbose=not args.quiet, cache=cache)
     if not args.quiet:
-        print(f"run written to {out}", file=sys.stderr)
+        print(f"run written to {result.run_dir}", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""The training recipe: one dataclass holding every hyperparameter default (the paper's values)."""
+"""What a run trains and where it runs: :class:`TrainConfig` (the recipe: every hyperparameter, defaults the
+paper's) and :class:`Runtime` (device, threads, loader workers, data placement, CUDA graphs, precision)."""
 
 from __future__ import annotations
 
@@ -21,20 +22,22 @@ if TYPE_CHECKING:  # heavy modules (torch, cv2) load lazily: the CLI imports thi
     from kneelib.data.layout import Sample
     from kneelib.data.schemes import Scheme
 
-__all__ = ["TrainConfig", "RUNTIME_FIELDS", "run_config", "config_mismatch", "data_hash",
-           "limit_samples"]
+__all__ = ["TrainConfig", "Runtime", "run_config", "config_mismatch", "data_hash", "limit_samples"]
 
-#: Fields that say where a run executes, not what it computes: they may change on ``--resume``.
-RUNTIME_FIELDS = ("device", "workers", "threads", "data_on_device", "cuda_graphs")
+#: Runtime fields that change what a run computes (checked on ``--resume`` with the recipe); the others may change.
+RESUME_CHECKED_RUNTIME = ("precision",)
+#: Options removed from the recipe, with the value every run that lacks them was trained with.
+REMOVED_FIELDS: dict[str, Any] = {"prior_bias": False}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of one training run; the defaults are the paper's recipe.
+    """Hyperparameters of one training run (what is trained); the defaults are the paper's recipe.
 
     Adam (``lr`` 1e-3, ``weight_decay`` 1e-4), batch 32, cross-entropy, the learning rate multiplied
     by ``lr_gamma`` 0.95 every ``lr_step`` 5 epochs, 75 epochs, the paper's augmentation on the train
-    split only, the checkpoint of the best validation accuracy kept (ties keep the earlier epoch).
+    split only, the checkpoint of the best validation accuracy kept (ties keep the earlier epoch). Where and how
+    fast it runs is :class:`Runtime`'s.
     """
 
     arch: str
@@ -55,16 +58,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     balanced: bool = False  # draw training images class-balanced (with replacement)
-    prior_bias: bool = False  # start the head's bias at the log of the training classes' frequencies
     weights: str | None = None
     clahe: bool = False
     limit: int | None = None
-    device: str = "auto"
-    workers: int | None = None
-    threads: int | None = None
-    data_on_device: bool | None = None  # images on the device, batched augmentation (None: on CUDA only)
-    cuda_graphs: bool = True  # on CUDA, replay each full-batch step from a CUDA graph
-    precision: str = "auto"  # auto, fp32 or bf16 autocast (kneelib.train.runtime.autocast_dtype)
 
     def __post_init__(self) -> None:
         if isinstance(self.weights, os.PathLike):
@@ -99,13 +95,8 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (0 <= self.ema_decay < 1, "EMA decay must be in [0, 1)"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
-            (self.workers is None or self.workers >= 0, "workers must not be negative"),
-            (self.threads is None or self.threads >= 1, "threads must be at least 1"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise KneelibError(message)
+        _raise_first_failed(checks)
         return self
 
     @classmethod
@@ -117,6 +108,39 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how fast a run executes; none of it changes the numbers but ``precision`` (and, bit-wise on a
+    CPU, the thread count ``config.json`` records)."""
+
+    device: str = "auto"  # auto (cuda when available), cpu or cuda[:N]
+    workers: int | None = None  # DataLoader worker processes (None: 0 on a CPU, up to 8 with a GPU)
+    threads: int | None = None  # torch CPU threads for this run (None: torch's, adapted to other processes)
+    data_on_device: bool | None = None  # images on the device, batched augmentation (None: on CUDA only)
+    cuda_graphs: bool = True  # on CUDA, replay each full-batch step from a CUDA graph
+    precision: str = "auto"  # auto, fp32 or bf16 autocast (kneelib.train.runtime.autocast_dtype)
+
+    def validate(self) -> Runtime:
+        """KneelibError (one line) for an out-of-range number or an unknown precision."""
+        _raise_first_failed([
+            (self.workers is None or self.workers >= 0, "workers must not be negative"),
+            (self.threads is None or self.threads >= 1, "threads must be at least 1"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+        ])
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields."""
+        return dataclasses.asdict(self)
+
+
+def _raise_first_failed(checks: Sequence[tuple[bool, str]]) -> None:
+    """KneelibError with the message of the first check that is False."""
+    for ok, message in checks:
+        if not ok:
+            raise KneelibError(message)
 
 
 def run_name(arch: str, scheme: str, seed: int) -> str:
@@ -161,17 +185,19 @@ def limit_samples(samples: Sequence[Sample], limit: int | None, *, seed: int = 0
     return [samples[i] for i in keep]
 
 
-def run_config(config: TrainConfig, *, scheme: Scheme, data_dir: str | os.PathLike, data_hash: str,
-               device: str, threads: int, workers: int, versions: Mapping[str, Any],
+def run_config(config: TrainConfig, runtime: Runtime, *, scheme: Scheme, data_dir: str | os.PathLike,
+               data_hash: str, device: str, threads: int, workers: int, versions: Mapping[str, Any],
                git_commit: str | None, git_dirty: bool | None,
                counts: Mapping[str, int]) -> dict[str, Any]:
-    """The ``config.json`` of a run: the config plus everything needed to reproduce or reuse it."""
+    """The ``config.json`` of a run: one flat object of the recipe, the runtime (``device``, ``workers`` and
+    ``threads`` as resolved) and everything needed to reproduce or reuse it."""
     from kneelib import cpu_pin
     from kneelib.data.transforms import CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID, NORMALIZE
 
     mean, std = NORMALIZE
     return {
         **config.to_dict(),
+        **runtime.to_dict(),
         "class_names": list(scheme.class_names),
         "num_classes": scheme.num_classes,
         "normalize": {"mean": mean, "std": std},
@@ -196,10 +222,12 @@ def run_config(config: TrainConfig, *, scheme: Scheme, data_dir: str | os.PathLi
 
 
 def config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: saved → current`` for every hyperparameter (and the data hash) that differs."""
-    fields = [f for f in dataclasses.fields(TrainConfig) if f.name not in RUNTIME_FIELDS]
-    # A run written before a field existed was trained with that field's default.
-    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
-    keys = [f.name for f in fields] + ["data_hash"]
-    return [f"{k}: {saved.get(k, defaults.get(k))!r} → {current.get(k)!r}" for k in keys
-            if saved.get(k, defaults.get(k)) != current.get(k)]
+    """``key: saved → current`` for every hyperparameter (recipe, precision, removed options and the data hash)
+    that differs; the rest of the runtime may change on ``--resume``."""
+    fields = dataclasses.fields(TrainConfig) + tuple(f for f in dataclasses.fields(Runtime)
+                                                     if f.name in RESUME_CHECKED_RUNTIME)
+    # A run written before a field existed (or after it was removed) was trained with that field's default.
+    defaults = {**{f.name: f.default for f in fields if f.default is not dataclasses.MISSING}, **REMOVED_FIELDS}
+    keys = [f.name for f in fields] + list(REMOVED_FIELDS) + ["data_hash"]
+    return [f"{k}: {saved.get(k, defaults.get(k))!r} → {current.get(k, defaults.get(k))!r}" for k in keys
+            if saved.get(k, defaults.get(k)) != current.get(k, defaults.get(k))]

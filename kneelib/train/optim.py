@@ -1,5 +1,5 @@
 """What a :class:`~kneelib.train.config.TrainConfig` builds for training: the optimiser, the learning-rate schedule,
-the weight average (EMA), the classifier's prior bias and class-balanced sample weights.
+the weight average (EMA) and class-balanced sample weights.
 
 The named recipes that set these fields are :mod:`kneelib.train.recipes` (data only: this module reads a config,
 never a recipe, so ``config`` → ``recipes`` and ``optim`` → ``config`` form no circle).
@@ -105,16 +105,6 @@ def lr_to_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None
         for key in ("lr", "initial_lr"):
             if isinstance(group.get(key), torch.Tensor):
                 group[key] = group[key].to(device)
-
-
-def init_head_to_prior(head: nn.Linear, targets: torch.Tensor) -> None:
-    """Set ``head``'s bias to the log of each class's frequency in ``targets`` (a class never seen counts as
-    half an image), so the untrained model already predicts the class prior instead of learning it first."""
-    import torch
-
-    counts = torch.bincount(targets, minlength=head.out_features).double().clamp(min=0.5)
-    with torch.no_grad():
-        head.bias.copy_(torch.log(counts / counts.sum()).to(head.bias))
 
 
 def class_balanced_weights(targets: torch.Tensor) -> torch.Tensor:
