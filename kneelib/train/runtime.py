@@ -41,7 +41,7 @@ def prepare_backends(device: torch.device) -> None:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``TrainConfig.precision`` on ``device``: ``torch.bfloat16``, or None for fp32.
+    """The autocast dtype of ``Runtime.precision`` on ``device``: ``torch.bfloat16``, or None for fp32.
 
     ``auto`` keeps the bit-exact fp32 path where kneelib's CPU pin is in effect (the smoke profile, the
     notebook checks) and where the processor lacks bf16 instructions (emulated bf16 is slower than fp32).

@@ -8,7 +8,7 @@ few seconds of training, at how much CPU the *other* processes of the machine us
 (``/proc/stat`` minus this process's own time) and sets ``torch.set_num_threads`` to the cores left free (at
 least one, at most the count the run started with).
 
-Only runs that did not fix their thread count (``TrainConfig.threads`` None) are governed: a fixed count is
+Only runs that did not fix their thread count (``Runtime.threads`` None) are governed: a fixed count is
 kept, because the float results of a CPU run depend on it bit-wise.
 """
 
