@@ -84,6 +84,7 @@ def test_recipe_family_fields_apply_per_architecture() -> None:
 
 def test_bf16_only_where_native_and_unpinned(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # a GPU with bf16
     assert runtime.autocast_dtype("fp32", cuda) is None and runtime.autocast_dtype("auto", cuda) is torch.bfloat16
     assert runtime.autocast_dtype("bf16", cpu) is torch.bfloat16
     monkeypatch.setattr(cpu_pin, "native_bf16", lambda: True)
