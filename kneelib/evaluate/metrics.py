@@ -133,6 +133,14 @@ def bootstrap_ci(
     return {"accuracy": interval(acc), "qwk": interval(kappa)}
 
 
+def _difference_summary(observed: float, diffs: np.ndarray, level: float) -> dict[str, float | None]:
+    """``{"diff", "lo", "hi", "p"}`` of an observed difference and its bootstrap resamples: the percentile
+    interval, and ``p`` the share of resamples on the other side of zero, doubled (two-sided)."""
+    lo, hi = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    other_side = np.mean(diffs <= 0) if observed > 0 else np.mean(diffs >= 0)
+    return {"diff": observed, "lo": _num(lo), "hi": _num(hi), "p": _num(min(1.0, 2 * other_side))}
+
+
 def paired_difference_ci(
     correct_a: np.ndarray,
     correct_b: np.ndarray,
@@ -156,9 +164,7 @@ def paired_difference_ci(
     idx = np.random.default_rng(seed).integers(0, a.size, size=(n_boot, a.size))
     diffs = (b[idx] - a[idx]).mean(axis=1)
     observed = float((b - a).mean())
-    lo, hi = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    other_side = np.mean(diffs <= 0) if observed > 0 else np.mean(diffs >= 0)
-    return {"diff": observed, "lo": _num(lo), "hi": _num(hi), "p": _num(min(1.0, 2 * other_side))}
+    return _difference_summary(observed, diffs, level)
 
 
 def two_level_difference_ci(
@@ -189,9 +195,7 @@ def two_level_difference_ci(
     per_image = b[seeds_b].mean(axis=1) - a[seeds_a].mean(axis=1)  # n_boot × images
     diffs = np.take_along_axis(per_image, images, axis=1).mean(axis=1)
     observed = float(b.mean() - a.mean())
-    lo, hi = np.percentile(diffs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    other_side = np.mean(diffs <= 0) if observed > 0 else np.mean(diffs >= 0)
-    return {"diff": observed, "lo": _num(lo), "hi": _num(hi), "p": _num(min(1.0, 2 * other_side))}
+    return _difference_summary(observed, diffs, level)
 
 
 def _roc(y_true: np.ndarray, probs: np.ndarray, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
