@@ -325,4 +325,4 @@ def test_budget_table_and_figure() -> None:
     assert (resnet["seeds"], resnet["val %"], resnet["KL4 recall %"]) == (2, pytest.approx(52.0), pytest.approx(10.0))
     assert list(table.index) == ["DenseNet-121", "ResNet-18"]
     figure = report.budget_curves_figure(rows, variant="flip-only")
-    assert len(figure.axes[0].lines) == 2
+    assert len(figure.axes[0].lines) == 2 and len(figure.axes[1].patches) == 1

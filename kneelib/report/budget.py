@@ -41,23 +41,46 @@ def budget_table(rows: Iterable[Row]) -> pd.DataFrame:
 
 
 def budget_curves_figure(rows: Iterable[Row], *, variant: str) -> Figure:
-    """Official val accuracy against epochs (log scale), a line per architecture and image size, for the runs of
-    one recipe ``variant`` (seeds' mean, each seed a dot)."""
+    """Left: official val accuracy against epochs (log scale), a line per architecture and image size, for the runs
+    of one recipe ``variant`` (seeds' mean, each seed a dot). Right: every variant measured at one setting (the
+    architecture, size and epochs with the most variants), one bar each."""
     df = pd.DataFrame([{"arch": r["arch"], "px": r["image_size"], "epochs": r["epochs"], "seed": r["seed"],
-                        "acc": 100 * r["val_accuracy"]} for r in rows if r["variant"] == variant])
-    fig = Figure(figsize=(6.4, 4.0), dpi=110)
-    ax = fig.add_subplot()
+                        "variant": r["variant"], "acc": 100 * r["val_accuracy"]} for r in rows])
+    fig = Figure(figsize=(10.0, 4.0), dpi=100)
+    curves, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    _draw_curves(curves, df[df["variant"] == variant] if not df.empty else df, variant)
+    _draw_variants(bars, df)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_curves(ax: Any, df: pd.DataFrame, variant: str) -> None:
     styles = {64: "o-", 96: "s--", 128: "^:"}
-    for (arch, px), group in df.groupby(["arch", "px"], sort=True) if not df.empty else []:
+    for (arch, px), group in (df.groupby(["arch", "px"], sort=True) if not df.empty else []):
         mean = group.groupby("epochs")["acc"].mean()
         line, = ax.plot(mean.index, mean.values, styles.get(px, "o-"), label=f"{display_name(arch)}, {px} px")
         ax.scatter(group["epochs"], group["acc"], s=10, color=line.get_color(), alpha=0.5)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("epochs (log scale)")
-    ax.set_ylabel("official val accuracy %")
-    ax.set_title(f"From random weights on a CPU ({variant}; 5 classes)")
+    ax.set_ylabel("official val accuracy % (5 classes)")
+    ax.set_title(f"Random weights, {variant}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+
+
+def _draw_variants(ax: Any, df: pd.DataFrame) -> None:
+    if df.empty:
+        ax.set_axis_off()
+        return
+    setting = df.groupby(["arch", "px", "epochs"])["variant"].nunique().idxmax()
+    chosen = df[(df["arch"] == setting[0]) & (df["px"] == setting[1]) & (df["epochs"] == setting[2])]
+    means = chosen.groupby("variant", sort=False)["acc"].mean()
+    ax.barh(range(len(means)), means.values, color="#8ab6d6")
+    ax.set_yticks(range(len(means)), means.index, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(max(0.0, means.min() - 5), means.max() + 2)
+    for i, v in enumerate(means.values):
+        ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_xlabel("official val accuracy %")
+    ax.set_title(f"Recipe variants: {display_name(setting[0])}, {setting[1]} px, {setting[2]} epochs", fontsize=9)
