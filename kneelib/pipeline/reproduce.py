@@ -87,7 +87,8 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
     check_output_dir(layout.out)  # before any work: a file or a read-only folder there stops it with one line
     if profile.jobs <= 0:
         profile = dataclasses.replace(profile, jobs=resolve_jobs(profile, device))
-        log(f"{profile.jobs} training notebook(s) at once")
+        if executor == "local":  # a Ray instance describes its own slots
+            log(f"{profile.jobs} training notebook(s) at once")
     chosen = make_executor(executor, profile, layout.out, ray_address=ray_address)  # bad names: nothing made
     created = not layout.out.exists()
     layout.out.mkdir(parents=True, exist_ok=True)
