@@ -92,7 +92,8 @@ class Budget:
         """One line: the choice, its projected time against the budget, and what the curves expect of it."""
         expected = (f"; val' accuracy {100 * self.expected_accuracy:.1f}% expected from the measured curves"
                     if self.expected_accuracy is not None else "")
-        warning = "" if self.fits else " (over the budget: nothing measured fits in it; the cheapest shown)"
+        warning = "" if self.fits else (" (over the budget: the cheapest measured setting; fewer --seeds or --archs "
+                                        "would fit more in it)")
         return (f"budget {self.hours:g} h: {self.image_size} px, {self.epochs} epochs, projected "
                 f"{self.seconds / 3600:.1f} h{warning}{expected}")
 
