@@ -142,7 +142,8 @@ def publish(args: argparse.Namespace) -> int:
     ``--variants[0]`` over the seeds measured, written to ``kneelib/pipeline/assets/budget_curves.json``."""
     variant = args.variants[0]
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines()]
-    rows = [r for r in rows if r["variant"] == variant and r["scheme"] == args.scheme]
+    rows = [r for r in rows if r["variant"] == variant and r["scheme"] == args.scheme
+            and (not args.arch or r["arch"] in args.arch)]  # --arch: the architectures whose curves choose
     points: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in rows:
         by_epochs = points.setdefault(r["arch"], {}).setdefault(str(r["image_size"]), {})
@@ -182,7 +183,8 @@ def choose(args: argparse.Namespace) -> int:
     from kneelib.pipeline.budget import choose_budget, grid_timer, load_curves
 
     profile, curves = get_profile("cpu"), load_curves()
-    grid_seconds = grid_timer(profile, DATA, curves.sizes, device="cpu")
+    grid_seconds = grid_timer(profile, DATA, curves.sizes, device="cpu",
+                              augment=float(curves.recipe_changes.get("augment", 1.0)))
     choices = [choose_budget(hours, grid_seconds, curves) for hours in args.choose]
     for budget in choices:
         print(budget.describe(), flush=True)

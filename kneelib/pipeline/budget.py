@@ -121,8 +121,8 @@ def choose_budget(hours: float, grid_seconds: Callable[[int, int], float], curve
     return Budget(hours, size, epochs, seconds, expected, bool(fitting), curves.recipe_changes)
 
 
-def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *,
-               device: str = "cpu") -> Callable[[int, int], float]:
+def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *, device: str = "cpu",
+               augment: float = 1.0) -> Callable[[int, int], float]:
     """``grid_seconds(size, epochs)``: the projected training time of ``profile``'s grid on ``data`` at any of
     ``sizes``, from one epoch of every architecture timed at each size on this machine. Reads ``data`` (the held-out
     split in memory where the profile asks for it); writes nothing."""
@@ -138,7 +138,7 @@ def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *,
     train = [s for s in samples if s.split == "train"]
     per_size = {}
     for size in sizes:
-        host = time_data(train, profile.schemes[0], image_size=size, clahe=profile.clahe)
+        host = time_data(train, profile.schemes[0], image_size=size, clahe=profile.clahe, augment=augment)
         per_size[size] = project_sweep(profile.archs, counts, epochs=1, image_size=size,
                                        batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
                                        jobs=max(1, profile.jobs), device=device, data=host)
@@ -160,5 +160,6 @@ def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu
     """``profile`` with the image size, epochs and recipe changes that fit ``hours`` on this machine, and the
     :class:`Budget` behind them (:func:`grid_timer` times every architecture at each measured size)."""
     curves = curves or load_curves()
-    budget = choose_budget(hours, grid_timer(profile, data, curves.sizes, device=device), curves)
+    augment = float(curves.recipe_changes.get("augment", 1.0))  # the data pipeline the budget will run
+    budget = choose_budget(hours, grid_timer(profile, data, curves.sizes, device=device, augment=augment), curves)
     return with_budget(profile, budget), budget

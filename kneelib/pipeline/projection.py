@@ -106,17 +106,18 @@ def trained_so_far(run_dirs: Sequence[Path], epochs: int) -> tuple[int, int]:
 
 
 def time_data(samples: Sequence[Any], scheme: str, *, image_size: int, clahe: bool = False,
-              sample: int = 48) -> tuple[float, float, float]:
+              sample: int = 48, augment: float = 1.0) -> tuple[float, float, float]:
     """``(decode, augment, prepare)`` seconds per image of the training loop's data pipeline, timed on the first
-    ``sample`` of ``samples`` (a fresh decode cache): decoding a file once, a training item (augmentation), an
-    evaluation item."""
+    ``sample`` of ``samples`` (a fresh decode cache): decoding a file once, a training item (augmentation of
+    strength ``augment``), an evaluation item."""
     from kneelib.data.dataset import DecodeCache, KneeDataset
 
     chosen, cache = list(samples)[:sample], DecodeCache()
     if not chosen:
         return (0.0, 0.0, 0.0)
     tic = time.perf_counter()
-    train = KneeDataset(chosen, scheme, image_size=image_size, train=True, clahe=clahe, cache=cache)
+    train = KneeDataset(chosen, scheme, image_size=image_size, train=True, clahe=clahe, cache=cache,
+                        augment=augment)
     decode = (time.perf_counter() - tic) / len(chosen)
     evaluate = KneeDataset(chosen, scheme, image_size=image_size, train=False, clahe=clahe, cache=cache)
     seconds = []
