@@ -67,11 +67,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_pin.native_bf16() and not cpu_pin.in_effect() else None
 
 
-#: Architectures whose CPU training step is faster in the default (contiguous) layout: the basic-block
-#: ResNets, measured single-threaded at 64 px, batch 8 (images per CPU second, channels-last vs
-#: contiguous): ResNet-18 57 vs 84, SE-ResNet-18 54 vs 79, ResNet-34 32 vs 46, SE-ResNet-34 34 vs 43;
-#: at 224 px the two are within 5%. Bottleneck ResNets and DenseNets are faster channels-last
-#: (ResNet-50 28 vs 21, SE-ResNet-50 27 vs 19, DenseNet-121 50 vs 40, SE-DenseNet-121 41 vs 35).
+#: Architectures whose fp32 CPU training step is faster in the default (contiguous) layout: the basic-block
+#: ResNets; the bottleneck ResNets and the DenseNets are faster channels-last
+#: (benchmarks/README.md#memory-layout-on-the-cpu).
 CPU_CONTIGUOUS_ARCHS = frozenset({"resnet18", "resnet34", "se_resnet18", "se_resnet34"})
 
 

@@ -2,8 +2,7 @@
 
 PyTorch's OpenMP threads synchronise at the end of every parallel region. When two processes run two threads
 each on two cores, every such barrier waits for a descheduled thread of its own process, and the trainings
-crawl: two identical one-epoch trainings side by side took 3.3x as long as one alone with two threads each, and
-7.2x with ``OMP_WAIT_POLICY=PASSIVE``; governed, 1.8x (``benchmarks/results/shared_cores_cpu.json``). :class:`ThreadGovernor` looks, every
+crawl (benchmarks/README.md#two-trainings-on-two-cores-shared_corespy). :class:`ThreadGovernor` looks, every
 few seconds of training, at how much CPU the *other* processes of the machine used since it last looked
 (``/proc/stat`` minus this process's own time) and sets ``torch.set_num_threads`` to the cores left free (at
 least one, at most the count the run started with).
