@@ -141,8 +141,8 @@ def publish(args: argparse.Namespace) -> int:
     """The curves ``kneelib reproduce --hours`` reads: mean best val' accuracy per arch, size and epochs of
     ``--variants[0]`` over the seeds measured, written to ``kneelib/pipeline/assets/budget_curves.json``."""
     variant = args.variants[0]
-    rows = [json.loads(line) for line in args.jsonl.read_text().splitlines()]
-    rows = [r for r in rows if r["variant"] == variant and r["scheme"] == args.scheme
+    every = [json.loads(line) for line in args.jsonl.read_text().splitlines()]
+    rows = [r for r in every if r["variant"] == variant and r["scheme"] == args.scheme
             and (not args.arch or r["arch"] in args.arch)]  # --arch: the architectures whose curves choose
     points: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in rows:
@@ -162,7 +162,6 @@ def publish(args: argparse.Namespace) -> int:
     target = REPO / "kneelib" / "pipeline" / "assets" / "budget_curves.json"
     target.parent.mkdir(exist_ok=True)
     target.write_text(json.dumps(document, indent=1) + "\n")
-    every = [json.loads(line) for line in args.jsonl.read_text().splitlines()]
     figures = REPO / "figures" / "cpu-budget"
     report.save_table(report.budget_table(every), figures, "curves")
     report.save_figure(report.budget_curves_figure(every, variant=variant), figures / "curves.png")
