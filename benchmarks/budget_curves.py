@@ -52,6 +52,10 @@ VARIANTS: dict[str, dict] = {
     "flip-only, no warm-up": {"augment": 0.0, "warmup_epochs": 0},
     "peak lr 1e-3": {"lr": 1e-3},
     "peak lr 2e-3": {"lr": 2e-3},
+    # the grades the models never predict: one change at a time on top of flip-only
+    "flip-only, balanced sampling": {"augment": 0.0, "balanced": True},
+    "flip-only, class-weighted loss": {"augment": 0.0, "loss": "class_weighted"},
+    "flip-only, corn": {"augment": 0.0, "loss": "corn"},
 }
 
 
@@ -81,6 +85,8 @@ def point(args: argparse.Namespace, manifest: Path, arch: str, size: int, epochs
     minutes = (time.time() - tic) / 60
     metrics, _ = evaluate_runs([run], manifest, split="test", device="cpu", progress=False)
     m = next(iter(metrics["models"].values()))
+    selection, _ = evaluate_runs([run], manifest, split="val", device="cpu", progress=False)
+    s = next(iter(selection["models"].values()))  # val', where variants are chosen
     history = read_history(run / "history.csv")
     return {
         "arch": arch, "scheme": args.scheme, "image_size": size, "epochs": epochs, "variant": variant,
@@ -91,6 +97,8 @@ def point(args: argparse.Namespace, manifest: Path, arch: str, size: int, epochs
         "val_accuracy": m["accuracy"], "val_ci": m["ci"]["accuracy"], "val_qwk": m["qwk"],
         "val_balanced_accuracy": m["balanced_accuracy"],
         "val_recall": {name: round(c["recall"], 4) for name, c in m["per_class"].items()},
+        "val_prime_qwk": s["qwk"], "val_prime_balanced_accuracy": s["balanced_accuracy"],
+        "val_prime_recall": {name: round(c["recall"], 4) for name, c in s["per_class"].items()},
         "device": device_line(torch.get_num_threads()), "alone": not args.shared,
     }
 

@@ -33,6 +33,7 @@ from kneelib.train import optim, runtime
 from kneelib.train.config import TrainConfig, limit_samples
 from kneelib.train.epoch import Placement, TrainHooks, run_epoch
 from kneelib.train.loop import LIMIT_SEED, make_lazy_step, place_model
+from kneelib.train.losses import make_criterion
 
 #: bench.py's reference pipeline: (transform for an image size, ImageFolder tree of samples under a folder).
 Reference = tuple[Callable[[int], Any], Callable[[Sequence[Any], Path], Path]]
@@ -95,9 +96,9 @@ def train_loop_speed(arch: str, data: DeviceBatches, held: DeviceBatches, device
                                         graphs=graphs and device.type == "cuda")
     steps_per_epoch = len(data) // batch_size
     scheduler, per_step = optim.make_scheduler(optimizer, config, max(1, steps_per_epoch))
-    step = make_lazy_step(model, optimizer, device, config, num_classes=5, label_smoothing=config.label_smoothing,
-                          graphs=graphs)
-    eval_step = make_lazy_step(model, None, device, config, num_classes=5, label_smoothing=0.0, graphs=graphs)
+    step = make_lazy_step(model, optimizer, device, config, num_classes=5, graphs=graphs,
+                          criterion=make_criterion(label_smoothing=config.label_smoothing))
+    eval_step = make_lazy_step(model, None, device, config, num_classes=5, graphs=graphs)
 
     def run(n: int) -> float:
         _sync(device)

@@ -123,8 +123,8 @@ def preflight(data: Path, device_name: str, *, log=print) -> dict[str, Any]:
         found["augment_ms_per_batch"] = round((time.perf_counter() - tic) * 1000 / (10 * len(made)), 3)
         log(f"augmentation: {found['augment_ms_per_batch']} ms a batch of {batch}")
 
-    step = make_lazy_step(model, optimizer, device, config, num_classes=5, label_smoothing=0.0, graphs=cuda)
-    eval_step = make_lazy_step(model, None, device, config, num_classes=5, label_smoothing=0.0, graphs=cuda)
+    step = make_lazy_step(model, optimizer, device, config, num_classes=5, graphs=cuda)
+    eval_step = make_lazy_step(model, None, device, config, num_classes=5, graphs=cuda)
     before = [p.detach().clone() for p in model.parameters()]
     tic = time.perf_counter()
     loss, _, _ = run_epoch(model, made * (3 if cuda else 1), step, Placement(device, fmt), hooks=TrainHooks())

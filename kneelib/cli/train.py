@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from kneelib.train.config import Runtime, TrainConfig
+from kneelib.train.config import LOSSES, Runtime, TrainConfig
 from kneelib.train.recipes import RECIPES
 
 _DEFAULTS = {f.name: f.default for cls in (TrainConfig, Runtime) for f in dataclasses.fields(cls)}
@@ -45,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "jitter; 0 the flip alone (default: the recipe's)")
     p.add_argument("--warmup-epochs", type=int, default=None, metavar="N",
                    help="linear warm-up epochs of the cosine schedule (default: the recipe's)")
+    p.add_argument("--loss", choices=LOSSES, default=None,
+                   help="what training minimises: cross_entropy (the paper's), class_weighted (each grade weighs as "
+                   "much as the others together) or corn (an ordinal head and loss) (default: the recipe's)")
+    p.add_argument("--balanced", action="store_true",
+                   help="draw the training images class-balanced (with replacement) instead of shuffling them")
     p.add_argument("--weights", default="none", metavar="none|imagenet|PATH",
                    help="initial weights (default none: random init)")
     p.add_argument("--clahe", action="store_true",
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from kneelib.train import train
 
     overrides = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay), ("augment", args.augment),
-                                   ("warmup_epochs", args.warmup_epochs)) if v is not None}
+                                   ("warmup_epochs", args.warmup_epochs), ("loss", args.loss),
+                                   ("balanced", args.balanced or None)) if v is not None}
     config = TrainConfig.from_recipe(
         args.recipe, arch=args.arch, scheme=args.scheme, seed=args.seed, epochs=args.epochs,
         image_size=args.image_size, batch_size=args.batch_size, weights=args.weights, clahe=args.clahe,

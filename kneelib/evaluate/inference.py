@@ -31,6 +31,8 @@ from kneelib.evaluate.calibration import load_temperature
 from kneelib.models.registry import build_model, list_models
 from kneelib.models.weights import normalize_keys
 from kneelib.train.checkpoint import BEST, CONFIG, load_checkpoint, read_json
+from kneelib.train.config import LOSSES
+from kneelib.train.losses import head_of
 from kneelib.train.runtime import resolve_device
 
 CONFIG_FILE, CHECKPOINT_FILE = CONFIG, BEST  # config.json, best.pt
@@ -121,6 +123,7 @@ RUN_CONFIG_RULES: dict[str, FieldRule] = {
     "class_names": (_is_names, "a list of class names"),
     "num_classes": (lambda v: _is_int(v) and v >= 2, "an integer of at least 2"),
     "normalize": (_is_normalize, 'an object {"mean": number, "std": number}'),
+    "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
 }
 
 
@@ -186,7 +189,7 @@ def load_run(
     ckpt = path / CHECKPOINT_FILE
     if not ckpt.is_file():
         raise KneelibError(f"{ckpt}: checkpoint not found (did training finish an epoch?)")
-    model = build_model(str(config["arch"]), num_classes=num_classes)
+    model = build_model(str(config["arch"]), num_classes=num_classes, head=head_of(config.get("loss")))
     try:
         state = load_checkpoint(ckpt)  # torch.load(weights_only=True)
     except KneelibError as exc:

@@ -22,6 +22,7 @@ from torchvision.models import (
 
 from kneelib.errors import KneelibError
 from kneelib.models import densenet, resnet
+from kneelib.models.ordinal import attach_corn_head
 from kneelib.models.weights import (
     WeightsReport,
     imagenet_state_dict,
@@ -29,7 +30,10 @@ from kneelib.models.weights import (
     read_state_dict,
 )
 
-__all__ = ["ModelSpec", "build_model", "get_spec", "list_models"]
+__all__ = ["HEADS", "ModelSpec", "build_model", "get_spec", "list_models"]
+
+#: ``build_model``'s heads: the paper's linear layer, or CORN's ordinal head.
+HEADS = ("linear", "corn")
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +87,11 @@ def build_model(
     *,
     num_classes: int,
     weights: None | str | Path = None,
+    head: str = "linear",
     progress: bool = True,
 ) -> nn.Module:
-    """Build ``name`` with a ``num_classes``-way head.
+    """Build ``name`` with a ``num_classes``-way head: ``"linear"`` (the paper's) or ``"corn"`` (an ordinal
+    :class:`~kneelib.models.ordinal.CornHead`, whose K outputs are class log-probabilities).
 
     ``weights``: ``None`` (or ``"none"``) for random init (ResNets with ``zero_init_residual``);
     ``"imagenet"`` for torchvision's ImageNet-1k checkpoint (from the torch hub cache, else
@@ -100,7 +106,13 @@ def build_model(
         weights = None
     # From scratch, ResNets start each residual block as the identity (see kneelib.models.resnet).
     extra = {"zero_init_residual": True} if weights is None and spec.builder in resnet.BUILDERS.values() else {}
+    if head not in HEADS:
+        raise KneelibError(f"unknown head {head!r}; choose one of: {', '.join(HEADS)}")
+    if head == "corn" and num_classes < 2:
+        raise KneelibError("an ordinal (corn) head needs at least 2 classes")
     model = spec.builder(num_classes=num_classes, **extra)
+    if head == "corn":
+        attach_corn_head(model, spec.head, num_classes)
     report: WeightsReport | None = None
     if isinstance(weights, str) and weights.lower() == "imagenet":
         state_dict = imagenet_state_dict(spec.imagenet, progress=progress)

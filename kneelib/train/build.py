@@ -15,6 +15,7 @@ from kneelib.train import optim
 from kneelib.train import runtime as backend
 from kneelib.train.config import Runtime, TrainConfig
 from kneelib.train.epoch import Placement, RunData, TrainHooks
+from kneelib.train.losses import Criterion, head_of, make_criterion
 from kneelib.train.steps import EagerStep, GraphedStep, make_step
 from kneelib.train.threads import ThreadGovernor
 
@@ -86,13 +87,13 @@ def place_model(model: nn.Module, config: TrainConfig, device: torch.device, *, 
 
 
 def make_lazy_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device,
-                   config: TrainConfig, *, num_classes: int, label_smoothing: float, graphs: bool,
+                   config: TrainConfig, *, num_classes: int, criterion: Criterion | None = None, graphs: bool,
                    log: Callable[[str], None] | None = None, precision: str = "auto") -> _LazyStep:
     """A run's training (``optimizer`` given) or evaluation step, built (a CUDA graph captured) at the first
-    batch it sees."""
+    batch it sees; ``criterion``: what it minimises (default cross-entropy)."""
     return _LazyStep(lambda example: make_step(
         model, optimizer, device, batch_size=config.batch_size, example=example, num_classes=num_classes,
-        label_smoothing=label_smoothing, graphs=graphs, log=log, precision=precision))
+        criterion=criterion, graphs=graphs, log=log, precision=precision))
 
 
 @dataclass
@@ -146,16 +147,18 @@ def build_learner(config: TrainConfig, execution: Execution, data: RunData, *, p
                   log: Callable[[str], None], bar: bool) -> Learner:
     """The model (``config.weights`` when ``pretrained``, else random: a resumed run loads ``last.pt``), placed
     on the device, with what ``config`` asks for to train it; steps build at their first batch."""
-    model = build_model(config.arch, num_classes=data.num_classes,
+    model = build_model(config.arch, num_classes=data.num_classes, head=head_of(config.loss),
                         weights=config.weights if pretrained else None, progress=bar)
     device, graphs = execution.device, execution.graphs
     model, optimizer, _ = place_model(model, config, device, graphs=graphs, precision=execution.precision)
     scheduler, per_step = optim.make_scheduler(optimizer, config, data.steps_per_epoch())
     ema = optim.make_ema(model, config.ema_decay)
-    steps = [make_lazy_step(module, opt, device, config, num_classes=data.num_classes, label_smoothing=smoothing,
+    criterion = make_criterion(config.loss, label_smoothing=config.label_smoothing, num_classes=data.num_classes,
+                               train_targets=data.datasets["train"].targets, device=device)
+    steps = [make_lazy_step(module, opt, device, config, num_classes=data.num_classes, criterion=loss,
                             graphs=graphs, log=log, precision=execution.precision)
-             for module, opt, smoothing in ((model, optimizer, config.label_smoothing),
-                                            (model if ema is None else ema.module, None, 0.0))]
+             for module, opt, loss in ((model, optimizer, criterion),
+                                       (model if ema is None else ema.module, None, None))]
     return Learner(model, optimizer, scheduler, per_step, ema, *steps)
 
 

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 from kneelib.errors import KneelibError
 from kneelib.train.recipes import OPTIMIZERS, SCHEDULES, recipe_fields
 
+#: ``loss`` choices (as kneelib.train.losses.LOSSES, kept here: that module loads torch).
+LOSSES = ("cross_entropy", "class_weighted", "corn")
+
 #: ``precision`` choices (kept here, not imported from kneelib.train.runtime, which loads torch).
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -55,6 +58,7 @@ class TrainConfig:
     schedule: str = "step"  # step (lr x lr_gamma every lr_step epochs, the paper) or cosine (per batch)
     warmup_epochs: int = 0  # cosine: linear warm-up over this many epochs (at most half the run)
     augment: float = 1.0  # augmentation strength: 1 the paper's, 0 the horizontal flip alone
+    loss: str = "cross_entropy"  # cross-entropy (the paper's), class-weighted or corn (ordinal; kneelib.train.losses)
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     balanced: bool = False  # draw training images class-balanced (with replacement)
@@ -92,7 +96,9 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (self.warmup_epochs >= 0, "warm-up epochs must not be negative"),
             (0 <= self.augment <= 2, "augmentation strength must be in [0, 2]"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
+            (self.loss != "corn" or self.label_smoothing == 0, "label smoothing does not apply to the corn loss"),
             (0 <= self.ema_decay < 1, "EMA decay must be in [0, 1)"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
         ]
@@ -202,7 +208,6 @@ def run_config(config: TrainConfig, runtime: Runtime, *, scheme: Scheme, data_di
         "num_classes": scheme.num_classes,
         "normalize": {"mean": mean, "std": std},
         "clahe_params": {"clip_limit": CLAHE_CLIP_LIMIT, "tile_grid": list(CLAHE_TILE_GRID)},
-        "loss": "cross_entropy",
         "augmentation": ("paper (random order: hflip, affine ±10° scale 0.9-1.1, jitter 0.33)"
                          if config.augment == 1 else f"paper at strength {config.augment:g}" if config.augment
                          else "horizontal flip only"),

@@ -15,9 +15,9 @@ import contextlib
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from kneelib.train.losses import Criterion, make_criterion
 from kneelib.train.runtime import autocast_dtype
 
 __all__ = ["EagerStep", "GraphedStep", "make_step"]
@@ -35,15 +35,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None, *,
 
 
 class EagerStep:
-    """``step(images, targets) -> (loss, logits)``: forward, cross-entropy and, when training, backward
-    and the optimizer update, launched kernel by kernel."""
+    """``step(images, targets) -> (loss, logits)``: forward, ``criterion`` (default cross-entropy) and, when
+    training, backward and the optimizer update, launched kernel by kernel."""
 
     path = "eager"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device, *,
-                 label_smoothing: float = 0.0, why: str | None = None, precision: str = "auto") -> None:
+                 criterion: Criterion | None = None, why: str | None = None, precision: str = "auto") -> None:
         self.model, self.optimizer, self.device = model, optimizer, device
-        self.label_smoothing = label_smoothing
+        self.criterion = criterion or make_criterion()
         self.why = why
         self.dtype = autocast_dtype(precision, device)  # None: fp32
 
@@ -53,7 +53,7 @@ class EagerStep:
         the graph's backward owns the ``.grad`` tensors it writes)."""
         with _autocast(self.device, self.dtype, cache_enabled=not capture):
             logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        loss = self.criterion(logits.float(), targets)
         if self.optimizer is not None:
             if not capture:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -107,8 +107,8 @@ class GraphedStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device, *,
                  batch_size: int, example: torch.Tensor, num_classes: int,
-                 label_smoothing: float = 0.0, precision: str = "auto") -> None:
-        self.eager = EagerStep(model, optimizer, device, label_smoothing=label_smoothing, precision=precision)
+                 criterion: Criterion | None = None, precision: str = "auto") -> None:
+        self.eager = EagerStep(model, optimizer, device, criterion=criterion, precision=precision)
         self.batch_size = batch_size
         self.why = None
         self.static_images = torch.empty((batch_size, *example.shape[1:]), dtype=example.dtype, device=device)
@@ -155,7 +155,7 @@ def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
 
 
 def make_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device, *,
-              batch_size: int, example: torch.Tensor, num_classes: int, label_smoothing: float = 0.0,
+              batch_size: int, example: torch.Tensor, num_classes: int, criterion: Criterion | None = None,
               graphs: bool = True, log: Callable[[str], None] | None = None,
               precision: str = "auto") -> EagerStep | GraphedStep:
     """A :class:`GraphedStep` on CUDA when ``graphs`` (and capture succeeds), else an :class:`EagerStep`
@@ -171,7 +171,7 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device:
     else:
         try:
             return GraphedStep(model, optimizer, device, batch_size=batch_size, example=example,
-                               num_classes=num_classes, label_smoothing=label_smoothing, precision=precision)
+                               num_classes=num_classes, criterion=criterion, precision=precision)
         except torch.cuda.OutOfMemoryError:
             raise  # the training loop reports it (batch size, free memory)
         except RuntimeError as exc:
@@ -179,4 +179,4 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer | None, device:
             torch.cuda.synchronize(device)
     if why and log and device.type == "cuda":
         log(f"eager steps: {why}")
-    return EagerStep(model, optimizer, device, label_smoothing=label_smoothing, why=why, precision=precision)
+    return EagerStep(model, optimizer, device, criterion=criterion, why=why, precision=precision)
