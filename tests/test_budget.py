@@ -31,6 +31,13 @@ def test_expected_accuracy_interpolates_in_log_epochs_and_never_extrapolates() -
     assert CURVES.sizes == [64, 128]
 
 
+def test_a_grid_reads_the_curves_of_its_own_architectures() -> None:
+    dense = CURVES.for_archs(["densenet121", "se_densenet121"])  # an SE model reads its backbone's curve
+    assert list(dense.accuracy) == ["densenet121"] and dense.expected(64, 4) == pytest.approx(0.48)
+    assert CURVES.for_archs(["resnet18", "se_densenet121"]).expected(64, 4) == pytest.approx(0.49)
+    assert CURVES.for_archs(["resnet50"]) == CURVES  # nothing of its own measured: every curve
+
+
 def test_the_budget_picks_the_best_setting_that_fits() -> None:
     tight = choose_budget(400 / 3600, seconds, CURVES)  # only 64 px x 4 fits
     assert (tight.image_size, tight.epochs, tight.fits) == (64, 4, True)

@@ -3,9 +3,10 @@
 Two inputs decide: how long one epoch of each architecture takes at each candidate size on *this* machine (the
 projection's timed steps, :func:`kneelib.pipeline.projection.project_sweep`), and how accuracy grows with image
 size and epochs, measured once on the real crops and shipped with kneelib (``assets/budget_curves.json``,
-written by ``benchmarks/budget_curves.py --publish``; accuracy on val', the selection split). Among the measured
-sizes, every epoch count from the smallest to the largest measured is a candidate (accuracy interpolated in
-log-epochs between measured points, never extrapolated); the choice is the candidate of highest expected
+written by ``benchmarks/budget_curves.py --publish``; accuracy on val', the selection split). The curves read are
+those of the grid's own architectures where they were measured (an SE model's are its backbone's), else all of them.
+Among the sizes measured for each of those, every epoch count from the smallest to the largest measured is a
+candidate (accuracy interpolated in log-epochs between measured points, never extrapolated); the choice is the candidate of highest expected
 accuracy whose projected time fits, the cheaper one where two are within :data:`TIE` of each other.
 """
 
@@ -42,6 +43,13 @@ class Curves:
         """Image sizes measured for every architecture of the curves."""
         per_arch = [set(by_size) for by_size in self.accuracy.values()]
         return sorted(set.intersection(*per_arch)) if per_arch else []
+
+    def for_archs(self, archs: Sequence[str]) -> Curves:
+        """The curves of the architectures ``archs`` train (an SE model reads its plain backbone's), where any of
+        them was measured; else every measured architecture's."""
+        wanted = {arch.removeprefix("se_") for arch in archs}
+        kept = {arch: by_size for arch, by_size in self.accuracy.items() if arch in wanted}
+        return dataclasses.replace(self, accuracy=kept) if kept else self
 
     def expected(self, size: int, epochs: int) -> float | None:
         """Mean over the curves' architectures of the accuracy at ``size`` and ``epochs`` (None outside the
@@ -159,7 +167,7 @@ def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu
          curves: Curves | None = None) -> tuple[Profile, Budget]:
     """``profile`` with the image size, epochs and recipe changes that fit ``hours`` on this machine, and the
     :class:`Budget` behind them (:func:`grid_timer` times every architecture at each measured size)."""
-    curves = curves or load_curves()
+    curves = (curves or load_curves()).for_archs(profile.archs)
     augment = float(curves.recipe_changes.get("augment", 1.0))  # the data pipeline the budget will run
     budget = choose_budget(hours, grid_timer(profile, data, curves.sizes, device=device, augment=augment), curves)
     return with_budget(profile, budget), budget
