@@ -110,3 +110,30 @@ def test_the_chosen_recipe_changes_reach_the_training_notebook(tmp_path: Path) -
     params = train_parameters(profile, Layout(tmp_path), tmp_path, "resnet18", "kl5", device="cpu")
     assert params["recipe_changes"] == {"augment": 0.0, "warmup_epochs": 0}
     assert get_profile("cpu").recipe_changes == ()
+
+
+def test_a_rerun_resumes_the_budget_it_was_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    from kneelib.pipeline import budget as budget_module
+    from kneelib.pipeline.budget import BUDGET_FILE, record_budget, recorded_budget
+
+    profile = get_profile("cpu", archs=["densenet121", "se_densenet121"], seeds=[21, 42])
+    chosen = choose_budget(1700 / 3600, seconds, CURVES)
+    out = tmp_path / "sweep"
+    record_budget(out, profile, chosen)
+    assert recorded_budget(out, profile, chosen.hours) == chosen
+    assert recorded_budget(out, profile, 2 * chosen.hours) is None  # other hours: chosen again
+    assert recorded_budget(out, get_profile("cpu", archs=["densenet121"], seeds=[21, 42]), chosen.hours) is None
+
+    def no_timing(*_: object, **__: object) -> None:
+        raise AssertionError("a recorded budget is not timed again")
+
+    monkeypatch.setattr(budget_module, "plan", no_timing)
+    argv = ["reproduce", "--profile", "cpu", "--data", str(tmp_path), "--out", str(out), "--archs", "densenet121",
+            "se_densenet121", "--seeds", "21", "42", "--hours", str(chosen.hours), "--dry-run"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "64 px, 16 epochs" in printed and "chosen before" in printed
+    (out / BUDGET_FILE).write_text('{"hours": "eight"')  # unreadable: chosen again (here: timed, which fails)
+    with pytest.raises(AssertionError, match="not timed again"):
+        main(argv)

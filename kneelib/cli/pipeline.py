@@ -72,7 +72,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _budgeted(profile: Profile, args: argparse.Namespace) -> Profile:
     """``profile`` with the size and epochs of ``--hours`` (printed); KneelibError where it does not apply."""
-    from kneelib.pipeline.budget import plan
+    from kneelib.pipeline.budget import BUDGET_FILE, plan, record_budget, recorded_budget, with_budget
+    from kneelib.pipeline.reproduce import output_dir
 
     if args.hours is None:
         raise KneelibError("--dry-run goes with --hours")
@@ -82,7 +83,13 @@ def _budgeted(profile: Profile, args: argparse.Namespace) -> Profile:
         raise KneelibError("--hours chooses the epochs and image size: leave out --epochs and --image-size")
     if not args.data:
         raise KneelibError("--hours needs --data (the real crops it will train on)")
-    chosen, budget = plan(profile, args.data, args.hours, device=args.device)
+    out = output_dir(profile, args.out)
+    budget = recorded_budget(out, profile, args.hours)
+    if budget is not None:  # a rerun resumes with what was chosen then, not what the machine's load says now
+        chosen, source = with_budget(profile, budget), f" (chosen before: {out / BUDGET_FILE})"
+    else:
+        chosen, budget = plan(profile, args.data, args.hours, device=args.device)
+        source = "" if args.dry_run else f" (recorded: {record_budget(out, profile, budget)})"
     changes = ", ".join(f"{k} {v}" for k, v in chosen.recipe_changes)
-    print(f"{budget.describe()}; the scratch recipe{' with ' + changes if changes else ''}", flush=True)
+    print(f"{budget.describe()}; the scratch recipe{' with ' + changes if changes else ''}{source}", flush=True)
     return chosen

@@ -157,6 +157,41 @@ def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *, devi
     return grid_seconds
 
 
+#: Where a sweep keeps the budget it was given (``OUT/budget.json``): a rerun with the same hours and grid resumes it.
+BUDGET_FILE = "budget.json"
+
+
+def _grid(profile: Profile) -> dict[str, list]:
+    return {"archs": list(profile.archs), "schemes": list(profile.schemes), "seeds": list(profile.seeds)}
+
+
+def record_budget(out: Path, profile: Profile, budget: Budget) -> Path:
+    """Write ``out/budget.json``: the budget and the grid it was chosen for."""
+    from kneelib.atomic import check_output_dir
+    from kneelib.train.checkpoint import write_json
+
+    check_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_json(out / BUDGET_FILE, {**dataclasses.asdict(budget), "grid": _grid(profile),
+                                          "recipe_changes": dict(budget.recipe_changes)})
+
+
+def recorded_budget(out: Path, profile: Profile, hours: float) -> Budget | None:
+    """The budget ``out/budget.json`` recorded for the same ``hours`` and grid, else None (also for an unreadable
+    or malformed file: the budget is then chosen again)."""
+    try:
+        document = json.loads((out / BUDGET_FILE).read_text())
+        if document.get("hours") != hours or document.get("grid") != _grid(profile):
+            return None
+        fields = {f.name: document[f.name] for f in dataclasses.fields(Budget)}
+        budget = Budget(**fields)
+        ok = (isinstance(budget.image_size, int) and isinstance(budget.epochs, int)
+              and isinstance(budget.recipe_changes, dict))
+        return budget if ok else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def with_budget(profile: Profile, budget: Budget) -> Profile:
     """``profile`` with the budget's image size, epochs and recipe changes."""
     changes = tuple(sorted({**dict(profile.recipe_changes), **dict(budget.recipe_changes)}.items()))

@@ -57,6 +57,11 @@ TRAIN_COST = {
 }
 
 
+def output_dir(profile: Profile, out: str | Path | None) -> Path:
+    """Where ``reproduce`` writes: ``out``, else ``runs/<profile>`` in the repository (absolute)."""
+    return (Path(out) if out else REPO_ROOT / "runs" / profile.name).resolve()
+
+
 def run_finished(run_dir: Path) -> bool:
     """True when ``run_dir`` holds a training run that completed all its epochs."""
     return bool((read_status(run_dir) or {}).get("finished"))
@@ -83,7 +88,7 @@ def reproduce(profile: Profile, *, data: str | Path | None = None, out: str | Pa
     if profile.pin_cpu:
         cpu_pin.apply()  # inherited by every kernel and worker started from here on
     # Absolute: papermill and the workers change their working directory, a relative --out would move with it.
-    layout = Layout((Path(out) if out else REPO_ROOT / "runs" / profile.name).resolve())
+    layout = Layout(output_dir(profile, out))
     check_output_dir(layout.out)  # before any work: a file or a read-only folder there stops it with one line
     if profile.jobs <= 0:
         profile = dataclasses.replace(profile, jobs=resolve_jobs(profile, device))
