@@ -183,25 +183,33 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``--grid``: the cpu profile's whole grid, or the paper's featured pair (DenseNet-121 with and without SE blocks,
+#: both scales, five seeds).
+GRIDS = {"cpu": {}, "featured": {"archs": ["densenet121", "se_densenet121"], "seeds": [21, 42, 84, 126, 168]}}
+
+
 def choose(args: argparse.Namespace) -> int:
     """What ``kneelib reproduce --profile cpu --hours H`` chooses for each of ``--choose``'s budgets on this machine
-    (the cpu profile's grid), timed once; written beside ``--json`` as budget_choices_cpu.json."""
+    (``--grid``'s), timed once; written beside ``--json`` as budget_choices_<grid>_cpu.json."""
     from kneelib.pipeline import get_profile
     from kneelib.pipeline.budget import choose_budget, grid_timer, load_curves
 
-    profile, curves = get_profile("cpu"), load_curves()
+    profile = get_profile("cpu", **GRIDS[args.grid])
+    curves = load_curves().for_archs(profile.archs)
     grid_seconds = grid_timer(profile, DATA, curves.sizes, device="cpu",
                               augment=float(curves.recipe_changes.get("augment", 1.0)))
     choices = [choose_budget(hours, grid_seconds, curves) for hours in args.choose]
     for budget in choices:
         print(budget.describe(), flush=True)
-    out = args.json.parent / "budget_choices_cpu.json"
+    name = "budget_choices_cpu.json" if args.grid == "cpu" else f"budget_choices_{args.grid}_cpu.json"
+    out = args.json.parent / name
     out.write_text(json.dumps({
         "grid": f"{len(profile.archs)} architectures x {len(profile.schemes)} schemes x {len(profile.seeds)} seeds "
-                "(the cpu profile), one run at a time", "device": device_line(torch.get_num_threads()),
+                f"({args.grid}: {', '.join(profile.archs)}; seeds {profile.seeds}), one run at a time",
+        "curves": sorted(curves.accuracy), "device": device_line(torch.get_num_threads()),
         "alone": not args.shared, "choices": [dict(vars(b), recipe_changes=dict(b.recipe_changes)) for b in choices],
         "projected_hours": {f"{size} px x {epochs}": round(grid_seconds(size, epochs) / 3600, 2)
-                            for size in curves.sizes for epochs in (4, 8, 16)}}, indent=1) + "\n")
+                            for size in curves.sizes for epochs in (4, 8, 12, 16)}}, indent=1) + "\n")
     return 0
 
 
@@ -221,6 +229,8 @@ def main() -> int:
     parser.add_argument("--timing", action="store_true", help="time every architecture's epoch; train nothing")
     parser.add_argument("--choose", nargs="+", type=float, metavar="HOURS",
                         help="print and record what --hours chooses for these budgets; train nothing")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="cpu",
+                        help="with --choose: the cpu profile's whole grid (default) or the featured pair")
     parser.add_argument("--publish", action="store_true",
                         help="write kneelib/pipeline/assets/budget_curves.json from --jsonl's rows of --variants[0]")
     args = parser.parse_args()

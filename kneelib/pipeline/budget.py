@@ -6,8 +6,9 @@ size and epochs, measured once on the real crops and shipped with kneelib (``ass
 written by ``benchmarks/budget_curves.py --publish``; accuracy on val', the selection split). The curves read are
 those of the grid's own architectures where they were measured (an SE model's are its backbone's), else all of them.
 Among the sizes measured for each of those, every epoch count from the smallest to the largest measured is a
-candidate (accuracy interpolated in log-epochs between measured points, never extrapolated); the choice is the candidate of highest expected
-accuracy whose projected time fits, the cheaper one where two are within :data:`TIE` of each other.
+candidate (accuracy interpolated in log-epochs between measured points, never extrapolated); the choice is the
+candidate of highest expected accuracy whose projected time fits, the cheaper one where two are within :data:`TIE`
+of each other.
 """
 
 from __future__ import annotations
