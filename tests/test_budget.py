@@ -137,3 +137,11 @@ def test_a_rerun_resumes_the_budget_it_was_given(tmp_path: Path, monkeypatch: py
     (out / BUDGET_FILE).write_text('{"hours": "eight"')  # unreadable: chosen again (here: timed, which fails)
     with pytest.raises(AssertionError, match="not timed again"):
         main(argv)
+
+
+def test_runs_that_share_every_core_are_projected_one_at_a_time() -> None:
+    from kneelib.pipeline.profiles import parallel_runs
+
+    cpu = get_profile("cpu", jobs=2)  # governed threads: two side by side take ~1.8x one alone
+    assert parallel_runs(cpu, 2) == 1 and parallel_runs(cpu, 2, on_gpu=True) == 2
+    assert parallel_runs(get_profile("smoke"), 3) == 3  # single-threaded runs: one per job

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kneelib.errors import KneelibError
-from kneelib.pipeline.profiles import Profile
+from kneelib.pipeline.profiles import Profile, parallel_runs
 
 #: Epoch counts a budget may choose (those inside a size's measured range).
 CANDIDATE_EPOCHS = (2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
@@ -150,7 +150,8 @@ def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *, devi
         host = time_data(train, profile.schemes[0], image_size=size, clahe=profile.clahe, augment=augment)
         per_size[size] = project_sweep(profile.archs, counts, epochs=1, image_size=size,
                                        batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
-                                       jobs=max(1, profile.jobs), device=device, data=host)
+                                       jobs=parallel_runs(profile, profile.jobs, on_gpu=device.startswith("cuda")),
+                                       device=device, data=host)
 
     def grid_seconds(size: int, epochs: int) -> float:
         return dataclasses.replace(per_size[size], epochs=epochs).total_seconds

@@ -36,7 +36,15 @@ from kneelib.pipeline.notebooks import (
     train_notebook_name,
     train_parameters,
 )
-from kneelib.pipeline.profiles import PROFILES, Layout, Profile, check_device, check_profile, resolve_jobs
+from kneelib.pipeline.profiles import (
+    PROFILES,
+    Layout,
+    Profile,
+    check_device,
+    check_profile,
+    parallel_runs,
+    resolve_jobs,
+)
 from kneelib.pipeline.projection import (
     Projection,
     SweepProgress,
@@ -215,13 +223,15 @@ def _projection(profile: Profile, layout: Layout, data_dir: Path, device: str,
     try:
         # On a CPU the images are decoded and augmented on the host, by the same cores: time that too.
         host = runtime.resolve_device(device).type != "cuda"
-        data = (time_data([s for s in samples if s.split == "train"], profile.schemes[0],
-                          image_size=profile.image_size, clahe=profile.clahe) if host else (0.0, 0.0, 0.0))
+        augment = float(dict(profile.recipe_changes).get("augment", 1.0))  # a budget's recipe, where it changed it
+        data = (time_data([s for s in samples if s.split == "train"], profile.schemes[0], image_size=profile.image_size,
+                          clahe=profile.clahe, augment=augment) if host else (0.0, 0.0, 0.0))
         done = {arch: trained_so_far([layout.runs / run_name(arch, scheme, seed) for scheme in profile.schemes
                                       for seed in profile.seeds], profile.epochs) for arch in profile.archs}
         projection = project_sweep(profile.archs, counts, epochs=profile.epochs, image_size=profile.image_size,
                                    batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
-                                   jobs=profile.jobs, device=device, data=data, done=done)
+                                   jobs=parallel_runs(profile, profile.jobs, on_gpu=not host), device=device,
+                                   data=data, done=done)
     finally:
         torch.set_num_threads(threads)
     log(projection.describe())
