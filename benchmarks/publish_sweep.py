@@ -5,7 +5,7 @@
 Copies ``OUT/tables/*.{md,csv}``, the figures that show no more than the paper's own figures do (``fig5_confusion``,
 ``fig6_roc``, ``fig7_probabilities``, ``reliability``), and per run ``history.csv`` plus the parts of
 ``config.json`` that say how it ran (recipe fields, image size, epochs, arithmetic, counts, versions) into DEST,
-and ``DEST/sweep.json``: the runs' best epochs and val' accuracies and, with ``--log`` (once per session of a sweep
+``DEST/histories.png`` (every run's val' accuracy per epoch), and ``DEST/sweep.json``: the runs' best epochs and val' accuracies and, with ``--log`` (once per session of a sweep
 that was resumed or extended by a seed), the projected and actual minutes as ``kneelib reproduce`` printed them, per
 session and summed over the sessions. Never copies images of the data set.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("fig5_confusion.png", "fig6_roc.png", "fig7_probabilities.png", "reliability.png")
 CONFIG_KEYS = ("arch", "scheme", "seed", "epochs", "image_size", "batch_size", "recipe", "optimizer", "lr",
-               "weight_decay", "schedule", "warmup_epochs", "weights", "precision", "execution", "counts", "threads",
-               "cpu_kernels", "versions", "git_commit", "split_protocol")
+               "weight_decay", "schedule", "warmup_epochs", "augment", "loss", "balanced", "weights", "precision",
+               "execution", "counts", "threads", "cpu_kernels", "versions", "git_commit", "split_protocol")
 
 
 def main() -> int:
@@ -59,11 +59,24 @@ def main() -> int:
     if args.log:
         summary.update(_timings([path.read_text() for path in args.log]))
     (args.dest / "sweep.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _histories_figure(args.dest)
     table = _summary_table(args.out)
     if table:
         (args.dest / "summary.md").write_text(table)
     print(f"published {len(runs)} runs to {args.dest}")
     return 0
+
+
+def _histories_figure(dest: Path) -> None:
+    """``DEST/histories.png``: val' accuracy per epoch of every published run, a thin line per seed."""
+    import pandas as pd
+
+    from kneelib import report
+
+    histories = {run.name: pd.read_csv(run / "history.csv") for run in sorted((dest / "runs").iterdir())
+                 if (run / "history.csv").is_file()}
+    if histories:
+        report.save_figure(report.seed_histories_figure(histories), dest / "histories.png")
 
 
 def _summary_table(out: Path) -> str:

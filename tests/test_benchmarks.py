@@ -249,3 +249,30 @@ def test_the_gpu_checks_memory_summary(tmp_path: Path) -> None:
     assert jobs["by_measured_memory"] == int(0.9 * (80 - 0.5) // 10.0) and jobs["with_RUN_GPU_GIB"] >= 1
     assert json.loads((out / "memory.json").read_text()) == json.loads(json.dumps(report))
     assert json.loads((out / "prior.json").read_text())["densenet121"]["val_acc"] == [0.45, 0.45]
+
+
+def test_publish_sweep_copies_histories_and_draws_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's runs go to DEST with their history, the recipe fields (the loss among them) and one figure of
+    every seed's val' accuracy per epoch; nothing else of the run (no checkpoint)."""
+    import shutil
+    import sys
+
+    spec = importlib.util.spec_from_file_location("kneelib_publish", BENCH.parent / "publish_sweep.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    committed = BENCH.parents[1] / "figures" / "real-cpu" / "runs"
+    out, dest = tmp_path / "sweep", tmp_path / "published"
+    for name in ("densenet121_kl5_s21", "densenet121_kl5_s42", "se_densenet121_kl4_s21"):
+        run = out / "runs" / name
+        run.mkdir(parents=True)
+        shutil.copyfile(committed / name / "history.csv", run / "history.csv")
+        (run / "config.json").write_text(json.dumps({**json.loads((committed / name / "config.json").read_text()),
+                                                     "loss": "corn", "data_dir": "/private"}))
+        (run / "status.json").write_text(json.dumps({"best_epoch": 4, "best_val_acc": 0.5, "finished": True}))
+        (run / "best.pt").write_bytes(b"weights")
+    monkeypatch.setattr(sys, "argv", ["publish_sweep.py", str(out), str(dest)])
+    assert publish.main() == 0
+    assert (dest / "histories.png").stat().st_size > 10_000
+    saved = json.loads((dest / "runs" / "densenet121_kl5_s42" / "config.json").read_text())
+    assert saved["loss"] == "corn" and "data_dir" not in saved
+    assert not list(dest.rglob("*.pt"))

@@ -7,7 +7,7 @@ Pure functions of metrics dicts, prediction/history DataFrames and arrays; the o
 :func:`save_table` / :func:`save_figure` (atomic, deterministic bytes).
 """
 
-from kneelib.report.budget import budget_curves_figure, budget_table
+from kneelib.report.budget import budget_curves_figure, budget_table, seed_histories_figure
 from kneelib.report.figures import (
     choose_examples,
     confusion_matrix_figure,
@@ -53,7 +53,7 @@ from kneelib.report.tables import (
 __all__ = [
     "RESULT_COLUMNS", "RESULT_SUMMARY_COLUMNS", "ablation_table", "conditions_record", "load_ablation",
     "recipe_curves_figure", "save_ablation", "third_seed_table", "variant_record",
-    "budget_curves_figure", "budget_table",
+    "budget_curves_figure", "budget_table", "seed_histories_figure",
     "bilateral_figure", "explained_examples", "heatmap_figure",
     "right_and_wrong",
     "choose_examples", "confusion_matrix_figure", "format_table", "learning_curves_figure", "markdown_table", "overhead_table",

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from kneelib.report.paper import display_name
 
@@ -61,6 +62,10 @@ def _draw_curves(ax: Any, df: pd.DataFrame, variant: str) -> None:
         line, = ax.plot(mean.index, mean.values, styles.get(px, "o-"), label=f"{display_name(arch)}, {px} px")
         ax.scatter(group["epochs"], group["acc"], s=10, color=line.get_color(), alpha=0.5)
     ax.set_xscale("log", base=2)
+    if not df.empty:
+        ticks = sorted(df["epochs"].unique())
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
     ax.set_xlabel("epochs (log scale)")
     ax.set_ylabel("official val accuracy % (5 classes)")
     ax.set_title(f"Random weights, {variant}")
@@ -70,17 +75,56 @@ def _draw_curves(ax: Any, df: pd.DataFrame, variant: str) -> None:
 
 
 def _draw_variants(ax: Any, df: pd.DataFrame) -> None:
-    if df.empty:
+    """A bar per variant at every setting (architecture, size, epochs) where more than one variant was measured."""
+    counts = df.groupby(["arch", "px", "epochs"])["variant"].nunique() if not df.empty else pd.Series(dtype=int)
+    settings = [key for key, n in counts.items() if n > 1]
+    if not settings:
         ax.set_axis_off()
         return
-    setting = df.groupby(["arch", "px", "epochs"])["variant"].nunique().idxmax()
-    chosen = df[(df["arch"] == setting[0]) & (df["px"] == setting[1]) & (df["epochs"] == setting[2])]
-    means = chosen.groupby("variant", sort=False)["acc"].mean()
-    ax.barh(range(len(means)), means.values, color="#8ab6d6")
-    ax.set_yticks(range(len(means)), means.index, fontsize=8)
+    labels, values, colors = [], [], []
+    for i, (arch, px, epochs) in enumerate(settings):
+        chosen = df[(df["arch"] == arch) & (df["px"] == px) & (df["epochs"] == epochs)]
+        for variant, acc in chosen.groupby("variant", sort=False)["acc"].mean().items():
+            labels.append(f"{display_name(arch)} {px}×{epochs}: {variant}")
+            values.append(acc)
+            colors.append(("#8ab6d6", "#f2b880")[i % 2])
+    ax.barh(range(len(values)), values, color=colors)
+    ax.set_yticks(range(len(values)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlim(max(0.0, means.min() - 5), means.max() + 2)
-    for i, v in enumerate(means.values):
-        ax.text(v, i, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_xlim(max(0.0, min(values) - 5), max(values) + 2.5)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.1f}", va="center", fontsize=7)
     ax.set_xlabel("official val accuracy %")
-    ax.set_title(f"Recipe variants: {display_name(setting[0])}, {setting[1]} px, {setting[2]} epochs", fontsize=9)
+    ax.set_title("Recipe variants, one change at a time", fontsize=9)
+
+
+def seed_histories_figure(histories: Mapping[str, pd.DataFrame], *, title: str = "") -> Figure:
+    """val' accuracy per epoch of every run of a sweep (keyed ``<arch>_<scheme>_s<seed>``, ``history.csv``'s
+    columns): a panel per scale, a colour per architecture, a thin line per seed with its best epoch dotted."""
+    parsed = {}
+    for name, history in histories.items():
+        rest, _, seed = name.rpartition("_s")
+        arch, _, scheme = rest.rpartition("_")
+        parsed.setdefault(scheme, {}).setdefault(arch, []).append((seed, history))
+    schemes = sorted(parsed, key=lambda s: (s != "kl5", s))
+    fig = Figure(figsize=(5.0 * max(1, len(schemes)), 3.8), dpi=100)
+    axes = fig.subplots(1, max(1, len(schemes)), squeeze=False)[0]
+    colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
+    for ax, scheme in zip(axes, schemes):
+        for color, (arch, runs) in zip(colors, sorted(parsed[scheme].items())):
+            for i, (_, history) in enumerate(sorted(runs, key=lambda run: run[0])):
+                acc = 100 * history["val_acc"].astype(float)
+                ax.plot(history["epoch"], acc, color=color, lw=1, alpha=0.7,
+                        label=f"{display_name(arch)} ({len(runs)} seeds)" if i == 0 else None)
+                best = int(acc.to_numpy().argmax())
+                ax.plot(history["epoch"].iloc[best], acc.iloc[best], "o", color=color, ms=3)
+        ax.set_title(f"{scheme}: val' accuracy per epoch (dot: the epoch kept)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("val' accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
