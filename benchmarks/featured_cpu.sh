@@ -10,10 +10,11 @@
 # When every run has finished, it publishes the tables, figures and every run's history to figures/featured-cpu/
 # (benchmarks/publish_sweep.py, with the projected and actual minutes of each session's log).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/featured-cpu}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$(realpath -m "${OUT:-$REPO/runs/featured-cpu}")  # a relative OUT or DATA is the caller's, not the repository's
+DATA=$(realpath -m "${DATA:-$REPO/../shared/data/kneeKL224}")
 HOURS=${HOURS:-8}
-DATA=${DATA:-../shared/data/kneeKL224}
+cd "$REPO"
 mkdir -p "$OUT"
 log="$OUT/session-$(date +%Y%m%d-%H%M%S).log"
 .venv/bin/kneelib reproduce --profile cpu --data "$DATA" --out "$OUT" --hours "$HOURS" --jobs 2 \

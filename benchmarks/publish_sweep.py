@@ -59,7 +59,7 @@ def main() -> int:
     if args.log:
         summary.update(_timings([path.read_text() for path in args.log]))
     (args.dest / "sweep.json").write_text(json.dumps(summary, indent=1) + "\n")
-    _histories_figure(args.dest)
+    _histories_figure(args.dest, runs)
     table = _summary_table(args.out)
     if table:
         (args.dest / "summary.md").write_text(table)
@@ -67,14 +67,13 @@ def main() -> int:
     return 0
 
 
-def _histories_figure(dest: Path) -> None:
-    """``DEST/histories.png``: val' accuracy per epoch of every published run, a thin line per seed."""
+def _histories_figure(dest: Path, runs: dict) -> None:
+    """``DEST/histories.png``: val' accuracy per epoch of the runs just published, a thin line per seed."""
     import pandas as pd
 
     from kneelib import report
 
-    histories = {run.name: pd.read_csv(run / "history.csv") for run in sorted((dest / "runs").iterdir())
-                 if (run / "history.csv").is_file()}
+    histories = {name: pd.read_csv(dest / "runs" / name / "history.csv") for name in sorted(runs)}
     if histories:
         report.save_figure(report.seed_histories_figure(histories), dest / "histories.png")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -121,16 +122,28 @@ def test_a_rerun_resumes_the_budget_it_was_given(tmp_path: Path, monkeypatch: py
     chosen = choose_budget(1700 / 3600, seconds, CURVES)
     out = tmp_path / "sweep"
     record_budget(out, profile, chosen)
-    assert recorded_budget(out, profile, chosen.hours) == chosen
-    assert recorded_budget(out, profile, 2 * chosen.hours) is None  # other hours: chosen again
-    assert recorded_budget(out, get_profile("cpu", archs=["densenet121"], seeds=[21, 42]), chosen.hours) is None
+    assert recorded_budget(out, profile, chosen.hours, curves=CURVES) == chosen
+    assert recorded_budget(out, profile, 2 * chosen.hours, curves=CURVES) is None  # other hours: chosen again
+    assert recorded_budget(out, get_profile("cpu", archs=["densenet121"], seeds=[21, 42]), chosen.hours,
+                           curves=CURVES) is None
+    assert recorded_budget(out, profile, chosen.hours, device="cuda", curves=CURVES) is None
+    good = json.loads((out / BUDGET_FILE).read_text())
+    for bad in ({"seconds": "x"}, {"image_size": True}, {"image_size": 96}, {"epochs": 5}, {"fits": 1},
+                {"expected_accuracy": "abc"}, {"recipe_changes": {"augment": 0.0, "weights": "/etc/passwd"}},
+                {"hours": True}):
+        (out / BUDGET_FILE).write_text(json.dumps({**good, **bad}))
+        assert recorded_budget(out, profile, chosen.hours, curves=CURVES) is None, bad
+    (out / BUDGET_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    assert recorded_budget(out, profile, chosen.hours, curves=CURVES) is None
+    (out / BUDGET_FILE).write_text(json.dumps(good))
 
     def no_timing(*_: object, **__: object) -> None:
         raise AssertionError("a recorded budget is not timed again")
 
     monkeypatch.setattr(budget_module, "plan", no_timing)
+    monkeypatch.setattr(budget_module, "load_curves", lambda: CURVES)
     argv = ["reproduce", "--profile", "cpu", "--data", str(tmp_path), "--out", str(out), "--archs", "densenet121",
-            "se_densenet121", "--seeds", "21", "42", "--hours", str(chosen.hours), "--dry-run"]
+            "se_densenet121", "--seeds", "21", "42", "--hours", str(chosen.hours), "--dry-run", "--device", "cpu"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "64 px, 16 epochs" in printed and "chosen before" in printed

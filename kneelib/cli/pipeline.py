@@ -84,12 +84,12 @@ def _budgeted(profile: Profile, args: argparse.Namespace) -> Profile:
     if not args.data:
         raise KneelibError("--hours needs --data (the real crops it will train on)")
     out = output_dir(profile, args.out)
-    budget = recorded_budget(out, profile, args.hours)
+    budget = recorded_budget(out, profile, args.hours, device=args.device)
     if budget is not None:  # a rerun resumes with what was chosen then, not what the machine's load says now
         chosen, source = with_budget(profile, budget), f" (chosen before: {out / BUDGET_FILE})"
     else:
         chosen, budget = plan(profile, args.data, args.hours, device=args.device)
-        source = "" if args.dry_run else f" (recorded: {record_budget(out, profile, budget)})"
+        source = "" if args.dry_run else f" (recorded: {record_budget(out, profile, budget, device=args.device)})"
     changes = ", ".join(f"{k} {v}" for k, v in chosen.recipe_changes)
     print(f"{budget.describe()}; the scratch recipe{' with ' + changes if changes else ''}{source}", flush=True)
     return chosen

@@ -34,22 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"input size (default {d['image_size']})")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help=f"batch size (default {d['batch_size']})")
-    p.add_argument("--recipe", default="paper", metavar="|".join(RECIPES),
-                   help="training recipe: paper (the paper's, for ImageNet weights; default) or scratch "
-                   "(AdamW, peak lr 4e-3 for ResNets and 1e-3 for DenseNets, warm-up + cosine: from random weights)")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: the recipe's; paper {d['lr']:g})")
-    p.add_argument("--weight-decay", type=float, default=None,
-                   help=f"weight decay (default: the recipe's; paper {d['weight_decay']:g})")
-    p.add_argument("--augment", type=float, default=None, metavar="STRENGTH",
-                   help="augmentation strength: 1 the paper's flip, ±10° rotation, 0.9-1.1 scale and 0.33 "
-                   "jitter; 0 the flip alone (default: the recipe's)")
-    p.add_argument("--warmup-epochs", type=int, default=None, metavar="N",
-                   help="linear warm-up epochs of the cosine schedule (default: the recipe's)")
-    p.add_argument("--loss", choices=LOSSES, default=None,
-                   help="what training minimises: cross_entropy (the paper's), class_weighted (each grade weighs as "
-                   "much as the others together) or corn (an ordinal head and loss) (default: the recipe's)")
-    p.add_argument("--balanced", action="store_true",
-                   help="draw the training images class-balanced (with replacement) instead of shuffling them")
+    _add_recipe_arguments(p, d)
     p.add_argument("--weights", default="none", metavar="none|imagenet|PATH",
                    help="initial weights (default none: random init)")
     p.add_argument("--clahe", action="store_true",
@@ -75,6 +60,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue the unfinished run in RUN_DIR (no-op if it finished)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=run)
+
+
+def _add_recipe_arguments(p: argparse.ArgumentParser, d: dict) -> None:
+    """The recipe and its budget-dependent parts (each default: the recipe's)."""
+    p.add_argument("--recipe", default="paper", metavar="|".join(RECIPES),
+                   help="training recipe: paper (the paper's, for ImageNet weights; default) or scratch "
+                   "(AdamW, peak lr 4e-3 for ResNets and 1e-3 for DenseNets, warm-up + cosine: from random weights)")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: the recipe's; paper {d['lr']:g})")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"weight decay (default: the recipe's; paper {d['weight_decay']:g})")
+    p.add_argument("--augment", type=float, default=None, metavar="STRENGTH",
+                   help="augmentation strength: 1 the paper's flip, ±10° rotation, 0.9-1.1 scale and 0.33 "
+                   "jitter; 0 the flip alone (default: the recipe's)")
+    p.add_argument("--warmup-epochs", type=int, default=None, metavar="N",
+                   help="linear warm-up epochs of the cosine schedule (default: the recipe's)")
+    p.add_argument("--loss", choices=LOSSES, default=None,
+                   help="what training minimises: cross_entropy (the paper's), class_weighted (each grade weighs as "
+                   "much as the others together) or corn (an ordinal head and loss) (default: the recipe's)")
+    p.add_argument("--balanced", action="store_true",
+                   help="draw the training images class-balanced (with replacement) instead of shuffling them")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,10 @@ on conditional probabilities"), presented as an ordinary K-way classifier.
 The head has K−1 outputs ``f_k = logit P(grade > k | grade > k−1)``; the class probabilities they imply are
 ``P(grade = k) = P(grade > k−1) · (1 − σ(f_k))`` with ``P(grade > k) = Π_{j≤k} σ(f_j)``. :class:`CornHead`
 returns their logarithms, so every consumer of a model's K "logits" (argmax, softmax, the seeds' ensemble mean,
-Grad-CAM, ONNX) works unchanged: ``softmax`` of log-probabilities is the probabilities themselves.
+ONNX) runs unchanged: ``softmax`` of log-probabilities is the probabilities themselves. Two differences from the
+published method follow: a grade is predicted as the most probable one (the argmax, as for every model here), where
+CORN's authors count the ``P(grade > k) > 0.5`` (the median); and Grad-CAM explains ``log P(grade)``, not a raw logit.
+The linear layer keeps PyTorch's default initialisation (the plain DenseNet head's bias starts at zero).
 """
 
 from __future__ import annotations

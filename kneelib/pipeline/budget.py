@@ -138,7 +138,9 @@ def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *, devi
     from kneelib.data.layout import discover
     from kneelib.data.split import held_out_split
     from kneelib.pipeline.projection import project_sweep, time_data
+    from kneelib.train.runtime import resolve_device
 
+    on_gpu = resolve_device(device).type == "cuda"
     samples = discover(Path(data))
     if profile.selection == "held-out" and "test" not in {s.split for s in samples}:
         samples = held_out_split(samples, source=Path(data))
@@ -150,7 +152,7 @@ def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *, devi
         host = time_data(train, profile.schemes[0], image_size=size, clahe=profile.clahe, augment=augment)
         per_size[size] = project_sweep(profile.archs, counts, epochs=1, image_size=size,
                                        batch_size=profile.batch_size, runs_per_arch=runs_per_arch,
-                                       jobs=parallel_runs(profile, profile.jobs, on_gpu=device.startswith("cuda")),
+                                       jobs=parallel_runs(profile, profile.jobs, on_gpu=on_gpu),
                                        device=device, data=host)
 
     def grid_seconds(size: int, epochs: int) -> float:
@@ -163,35 +165,45 @@ def grid_timer(profile: Profile, data: str | Path, sizes: Sequence[int], *, devi
 BUDGET_FILE = "budget.json"
 
 
-def _grid(profile: Profile) -> dict[str, list]:
-    return {"archs": list(profile.archs), "schemes": list(profile.schemes), "seeds": list(profile.seeds)}
+def _grid(profile: Profile, device: str) -> dict[str, Any]:
+    return {"archs": list(profile.archs), "schemes": list(profile.schemes), "seeds": list(profile.seeds),
+            "device": device}
 
 
-def record_budget(out: Path, profile: Profile, budget: Budget) -> Path:
-    """Write ``out/budget.json``: the budget and the grid it was chosen for."""
+def record_budget(out: Path, profile: Profile, budget: Budget, *, device: str = "cpu") -> Path:
+    """Write ``out/budget.json``: the budget and the grid (and device) it was chosen for."""
     from kneelib.atomic import check_output_dir
     from kneelib.train.checkpoint import write_json
 
     check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    return write_json(out / BUDGET_FILE, {**dataclasses.asdict(budget), "grid": _grid(profile),
+    return write_json(out / BUDGET_FILE, {**dataclasses.asdict(budget), "grid": _grid(profile, device),
                                           "recipe_changes": dict(budget.recipe_changes)})
 
 
-def recorded_budget(out: Path, profile: Profile, hours: float) -> Budget | None:
-    """The budget ``out/budget.json`` recorded for the same ``hours`` and grid, else None (also for an unreadable
-    or malformed file: the budget is then chosen again)."""
+def recorded_budget(out: Path, profile: Profile, hours: float, *, device: str = "cpu",
+                    curves: Curves | None = None) -> Budget | None:
+    """The budget ``out/budget.json`` recorded for the same ``hours``, grid and device, else None — also for a file
+    that is unreadable or holds anything the shipped curves could not have chosen (the budget is then chosen again)."""
+    curves = (curves or load_curves()).for_archs(profile.archs)
     try:
         document = json.loads((out / BUDGET_FILE).read_text())
-        if document.get("hours") != hours or document.get("grid") != _grid(profile):
-            return None
-        fields = {f.name: document[f.name] for f in dataclasses.fields(Budget)}
-        budget = Budget(**fields)
-        ok = (isinstance(budget.image_size, int) and isinstance(budget.epochs, int)
-              and isinstance(budget.recipe_changes, dict))
-        return budget if ok else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(document, dict) or document.get("grid") != _grid(profile, device):
+        return None
+    fields = {f.name: document.get(f.name) for f in dataclasses.fields(Budget)}
+
+    def number(value: Any) -> bool:
+        return type(value) in (int, float) and math.isfinite(value)
+
+    valid = (number(fields["hours"]) and fields["hours"] == hours
+             and type(fields["image_size"]) is int and fields["image_size"] in curves.sizes
+             and type(fields["epochs"]) is int and fields["epochs"] in CANDIDATE_EPOCHS
+             and number(fields["seconds"]) and fields["seconds"] >= 0
+             and (fields["expected_accuracy"] is None or number(fields["expected_accuracy"]))
+             and type(fields["fits"]) is bool and fields["recipe_changes"] == dict(curves.recipe_changes))
+    return Budget(**fields) if valid else None
 
 
 def with_budget(profile: Profile, budget: Budget) -> Profile:

@@ -155,10 +155,10 @@ def build_learner(config: TrainConfig, execution: Execution, data: RunData, *, p
     ema = optim.make_ema(model, config.ema_decay)
     criterion = make_criterion(config.loss, label_smoothing=config.label_smoothing, num_classes=data.num_classes,
                                train_targets=data.datasets["train"].targets, device=device)
-    steps = [make_lazy_step(module, opt, device, config, num_classes=data.num_classes, criterion=loss,
+    steps = [make_lazy_step(module, opt, device, config, num_classes=data.num_classes, criterion=minimised,
                             graphs=graphs, log=log, precision=execution.precision)
-             for module, opt, loss in ((model, optimizer, criterion),
-                                       (model if ema is None else ema.module, None, None))]
+             for module, opt, minimised in ((model, optimizer, criterion),
+                                            (model if ema is None else ema.module, None, None))]
     return Learner(model, optimizer, scheduler, per_step, ema, *steps)
 
 

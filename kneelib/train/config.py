@@ -99,6 +99,8 @@ class TrainConfig:
             (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (self.loss != "corn" or self.label_smoothing == 0, "label smoothing does not apply to the corn loss"),
+            (not (self.balanced and self.loss == "class_weighted"),
+             "balanced sampling and the class-weighted loss each correct the grades' frequencies: choose one"),
             (0 <= self.ema_decay < 1, "EMA decay must be in [0, 1)"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
         ]

@@ -2,7 +2,8 @@
 the grades' frequencies, or CORN's ordinal loss (with :class:`kneelib.models.ordinal.CornHead`).
 
 Validation always reports plain cross-entropy of the model's K outputs (for CORN, the negative log-likelihood of its
-class probabilities), so the curves of different losses read alike.
+class probabilities). The training loss is what is minimised, so it reads on another scale for the other losses:
+CORN's divides by (image, task) pairs, about twice the images at 5 grades; the class-weighted one is a weighted mean.
 """
 
 from __future__ import annotations
