@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -101,6 +102,43 @@ def point(args: argparse.Namespace, manifest: Path, arch: str, size: int, epochs
         "val_prime_recall": {name: round(c["recall"], 4) for name, c in s["per_class"].items()},
         "device": device_line(torch.get_num_threads()), "alone": not args.shared,
     }
+
+
+def median_rule(predictions: pd.DataFrame) -> dict:
+    """Accuracy, QWK and balanced accuracy when each crop's grade is the median of its predicted distribution (the
+    number of ``P(grade > k) > 0.5``, CORN's published rule) instead of the most probable grade."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score
+
+    columns = [c for c in predictions.columns if c.startswith("p_")]  # the scheme's classes, in order
+    probs = predictions[columns].to_numpy()
+    above = 1 - np.cumsum(probs, axis=1)[:, :-1]  # P(grade > k)
+    index = {c.removeprefix("p_"): i for i, c in enumerate(columns)}
+    pred, true = (above > 0.5).sum(axis=1), predictions["true"].map(index).to_numpy()
+    return {"accuracy": accuracy_score(true, pred), "qwk": cohen_kappa_score(true, pred, weights="quadratic"),
+            "balanced_accuracy": balanced_accuracy_score(true, pred)}
+
+
+def rescore(args: argparse.Namespace) -> int:
+    """Add what later versions of :func:`point` record to the rows of ``--jsonl`` whose run is still under ``--out``:
+    the val' metrics of the kept checkpoint and, for every row, the median rule's on val' and on official val."""
+    manifest = held_out_manifest(args.out)
+    rows = [json.loads(line) for line in args.jsonl.read_text().splitlines()]
+    for row in rows:
+        slug = (f"{row['arch']}_{row['scheme']}_{row['image_size']}px_{row['epochs']}ep_"
+                f"{row['variant'].replace(' ', '').replace(',', '+')}_s{row['seed']}")
+        run = args.out / slug
+        if not (run / "best.pt").is_file():
+            continue
+        for split, prefix in (("val", "val_prime"), ("test", "val")):
+            metrics, predictions = evaluate_runs([run], manifest, split=split, device="cpu", progress=False)
+            m = next(iter(metrics["models"].values()))
+            if split == "val" and f"{prefix}_qwk" not in row:
+                row.update({f"{prefix}_qwk": m["qwk"], f"{prefix}_balanced_accuracy": m["balanced_accuracy"],
+                            f"{prefix}_recall": {n: round(c["recall"], 4) for n, c in m["per_class"].items()}})
+            row[f"{prefix}_median_rule"] = median_rule(predictions)
+        print(f"rescored {slug}", flush=True)
+    args.jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return 0
 
 
 def curves(args: argparse.Namespace) -> int:
@@ -231,11 +269,15 @@ def main() -> int:
                         help="print and record what --hours chooses for these budgets; train nothing")
     parser.add_argument("--grid", choices=sorted(GRIDS), default="cpu",
                         help="with --choose: the cpu profile's whole grid (default) or the featured pair")
+    parser.add_argument("--rescore", action="store_true",
+                        help="add val' metrics and the median rule's to the rows whose runs are under --out")
     parser.add_argument("--publish", action="store_true",
                         help="write kneelib/pipeline/assets/budget_curves.json from --jsonl's rows of --variants[0]")
     args = parser.parse_args()
     if args.publish:
         return publish(args)
+    if args.rescore:
+        return rescore(args)
     if args.choose:
         torch.set_num_threads(args.threads)
         return choose(args)
