@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from kneelib import report  # noqa: E402
+from kneelib import cpu_pin, report  # noqa: E402
 from kneelib.data.layout import discover, select_split  # noqa: E402
 from kneelib.data.split import held_out_split, write_manifest  # noqa: E402
 from kneelib.evaluate import evaluate_runs  # noqa: E402
@@ -71,7 +70,7 @@ def held_out_manifest(out: Path) -> Path:
 def device_line(threads: int) -> str:
     """The conditions a time was measured under."""
     arithmetic = "bf16 autocast" if runtime.autocast_dtype("auto", torch.device("cpu")) else "fp32"
-    return f"cpu {platform.processor() or platform.machine()} ({os.cpu_count()} cores, {threads} threads, {arithmetic})"
+    return f"cpu {cpu_pin.processor_name()} ({os.cpu_count()} cores, {threads} threads, {arithmetic})"
 
 
 def point(args: argparse.Namespace, manifest: Path, arch: str, size: int, epochs: int, variant: str,

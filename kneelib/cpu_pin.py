@@ -51,6 +51,30 @@ def native_capability() -> str:
     return "default"
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in ``/proc/cpuinfo`` (None where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.split(":", 1)[0].strip() == field:
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def processor_name() -> str:
+    """The processor's model name (``unknown`` where it cannot be read)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown"
+
+
+def processor_vendor() -> str:
+    """``GenuineIntel``, ``AuthenticAMD``, … (``unknown`` where it cannot be read). Under the pin one vendor's
+    processors give the same floats, but an Intel and an AMD processor do not (measured on the smoke sweep), so a
+    run records its vendor and an exact comparison needs the same one."""
+    return _cpuinfo("vendor_id") or "unknown"
+
+
 def _cpu_flags() -> set[str] | None:
     """The processor's feature flags from ``/proc/cpuinfo`` (None where it cannot be read)."""
     try:
@@ -107,6 +131,8 @@ def describe() -> dict[str, object]:
             in_effect = None
     pinned = os.environ.get(MARKER) == "avx2" and all(os.environ.get(k) == v for k, v in PIN.items())
     return {
+        "processor": processor_name(),
+        "vendor": processor_vendor(),
         "native": native_capability(),
         "native_bf16": native_bf16(),
         "pinned": pinned,

@@ -13,13 +13,13 @@ from kneelib.pipeline import reference
 from kneelib.pipeline.profiles import Layout
 
 
-def fake_sweep(root: Path, *, acc: float = 50.0, pinned: bool = True) -> Layout:
+def fake_sweep(root: Path, *, acc: float = 50.0, pinned: bool = True, vendor: str = "GenuineIntel") -> Layout:
     layout = Layout(root)
     for seed, val in ((21, 0.5), (42, 0.625)):
         run = layout.runs / f"resnet18_kl5_s{seed}"
         run.mkdir(parents=True)
         (run / "status.json").write_text(json.dumps({"finished": True, "best_val_acc": val}))
-        (run / "config.json").write_text(json.dumps({"cpu_kernels": {"pinned": pinned}}))
+        (run / "config.json").write_text(json.dumps({"cpu_kernels": {"pinned": pinned, "vendor": vendor}}))
     layout.tables.mkdir(parents=True)
     for table in reference.TABLES:
         frame = pd.DataFrame({"model": ["ResNet-18"], "accuracy": [acc], "qwk": [0.6], "paper_accuracy": [65.24]})
@@ -55,6 +55,16 @@ def test_tolerance_without_a_common_pin(tmp_path: Path, ref_dir: Path) -> None:
     collapsed = fake_sweep(tmp_path / "collapsed", acc=20.0, pinned=False)  # a model that stopped learning
     with pytest.raises(KneelibError, match="tolerance comparison"):
         reference.check_sweep(collapsed, "smoke")
+
+
+def test_another_vendor_is_compared_within_tolerance(tmp_path: Path, ref_dir: Path) -> None:
+    """The pin makes one vendor's processors agree, not an Intel and an AMD one: those compare within tolerance."""
+    reference.write_reference(fake_sweep(tmp_path / "ref"), "smoke")
+    assert json.loads(reference.reference_path("smoke").read_text())["vendor"] == "GenuineIntel"
+    amd = fake_sweep(tmp_path / "amd", acc=55.0, vendor="AuthenticAMD")
+    assert "made on GenuineIntel, run on AuthenticAMD" in reference.check_sweep(amd, "smoke")
+    with pytest.raises(KneelibError, match="exact comparison"):  # the same vendor still compares exactly
+        reference.check_sweep(fake_sweep(tmp_path / "intel", acc=55.0), "smoke")
 
 
 def test_a_missing_number_is_a_difference(tmp_path: Path, ref_dir: Path) -> None:

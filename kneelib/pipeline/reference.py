@@ -41,6 +41,13 @@ def reference_path(profile: str) -> Path:
     return REFERENCE_DIR / f"{profile}.json"
 
 
+def _runs_vendor(layout: Layout) -> str | None:
+    """The processor vendor every run of the sweep recorded (None without runs, or where they differ or lack it)."""
+    vendors = {json.loads(config.read_text()).get("cpu_kernels", {}).get("vendor")
+               for config in sorted(layout.runs.glob("*/config.json"))}
+    return vendors.pop() if len(vendors) == 1 else None
+
+
 def _runs_pinned(layout: Layout) -> bool | None:
     """True if every run of the sweep recorded kneelib's CPU pin, False if one did not, None without runs."""
     flags = []
@@ -74,7 +81,7 @@ def write_reference(layout: Layout, profile: str) -> Path:
     values = collect(layout)
     if not values:
         raise KneelibError(f"{layout.out}: no finished runs or tables to record as the reference")
-    doc = {"profile": profile, "pinned": bool(_runs_pinned(layout)), "values": values}
+    doc = {"profile": profile, "pinned": bool(_runs_pinned(layout)), "vendor": _runs_vendor(layout), "values": values}
     return write_text(reference_path(profile), json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
@@ -89,10 +96,12 @@ def _allowed(key: str, exact: bool) -> float:
     return TOLERANCE["unit"] if key.rsplit("/", 1)[-1] in _UNIT_SCALE else TOLERANCE["percent"]
 
 
-def compare(values: Mapping[str, float], reference: Mapping[str, Any], *, pinned: bool | None) -> tuple[str, list[str]]:
-    """``(mode, differences)``: mode ``exact`` or ``tolerance``; one line per number outside it, and per
-    reference number the sweep lacks."""
-    exact = bool(reference.get("pinned")) and bool(pinned)
+def compare(values: Mapping[str, float], reference: Mapping[str, Any], *, pinned: bool | None,
+            vendor: str | None = None) -> tuple[str, list[str]]:
+    """``(mode, differences)``: mode ``exact`` (both sides pinned, on the same processor vendor where the reference
+    names one) or ``tolerance``; one line per number outside it, and per reference number the sweep lacks."""
+    same_vendor = reference.get("vendor") is None or reference.get("vendor") == vendor
+    exact = bool(reference.get("pinned")) and bool(pinned) and same_vendor
     problems = []
     for key, expected in sorted(reference["values"].items()):
         if key not in values:
@@ -113,10 +122,13 @@ def check_sweep(layout: Layout, profile: str) -> str:
     reference = load_reference(profile)
     if reference is None:
         return f"no committed reference for profile {profile!r}"
-    mode, problems = compare(collect(layout), reference, pinned=_runs_pinned(layout))
+    vendor = _runs_vendor(layout)
+    mode, problems = compare(collect(layout), reference, pinned=_runs_pinned(layout), vendor=vendor)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise KneelibError(f"{layout.out} differs from {reference_path(profile)} ({mode} comparison): {shown}")
+    why = (f"made on {reference['vendor']}, run on {vendor}: the pin does not make vendors agree"
+           if reference.get("pinned") and reference.get("vendor") not in (None, vendor) else "no common CPU pin")
     how = "exactly (AVX2 pin on both sides)" if mode == "exact" else \
-        f"within ±{TOLERANCE['percent']:g} points / ±{TOLERANCE['unit']:g} (no common CPU pin)"
+        f"within ±{TOLERANCE['percent']:g} points / ±{TOLERANCE['unit']:g} ({why})"
     return f"matches the committed reference {reference_path(profile).name}: {len(reference['values'])} numbers, {how}"
