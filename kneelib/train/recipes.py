@@ -7,7 +7,8 @@ ImageNet): AdamW (decoupled weight decay 0.05) at a peak lr of 4e-3 for the ResN
 DenseNets (:data:`FAMILY_FIELDS`), reached by a one-epoch linear warm-up and followed by a cosine decay, both
 stepped per batch. Each ingredient was chosen by an ablation on the real crops
 (``benchmarks/recipe_ablation.py``, ``notebooks/07_recipe.ipynb``): label smoothing, a weight EMA and
-class-balanced sampling were tried and left out (TrainConfig keeps them as options).
+class-balanced sampling were tried and left out, and so, later, were a class-weighted loss and CORN's ordinal loss
+(docs/cpu-budget.md); TrainConfig keeps them all as options.
 """
 
 from __future__ import annotations
