@@ -325,4 +325,21 @@ def test_budget_table_and_figure() -> None:
     assert (resnet["seeds"], resnet["val %"], resnet["KL4 recall %"]) == (2, pytest.approx(52.0), pytest.approx(10.0))
     assert list(table.index) == ["DenseNet-121", "ResNet-18"]
     figure = report.budget_curves_figure(rows, variant="flip-only")
-    assert len(figure.axes[0].lines) == 2 and len(figure.axes[1].patches) == 1
+    selection, scored, bars = figure.axes
+    assert len(selection.lines) == 2 and len(scored.lines) == 2 and not bars.axison  # one variant: no bars
+    assert max(selection.lines[1].get_ydata()) == pytest.approx(53.0)  # val' best, seeds' mean (51 and 55)
+    other = {**row("resnet18", 64, 8, 21, 0.45), "variant": "scratch"}
+    bars = report.budget_curves_figure([*rows, other], variant="flip-only").axes[2]
+    assert len(bars.patches) == 2 and "ResNet-18 64×8: scratch" in [t.get_text() for t in bars.get_yticklabels()]
+
+
+def test_seed_histories_figure_has_a_panel_per_scale_and_a_line_per_seed() -> None:
+    import pandas as pd
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "val_acc": [0.4, 0.55, 0.5]})
+    runs = {f"{arch}_{scheme}_s{seed}": history for arch in ("densenet121", "se_densenet121")
+            for scheme in ("kl5", "kl4") for seed in (21, 42)}
+    kl5, kl4 = report.seed_histories_figure(runs).axes
+    assert kl5.get_title().startswith("kl5") and kl4.get_title().startswith("kl4")
+    assert len(kl5.lines) == 2 * 2 * 2  # per architecture and seed: its curve and its best-epoch dot
+    assert [t.get_text() for t in kl5.get_legend().get_texts()] == ["DenseNet-121 (2 seeds)", "SE-DenseNet-121 (2 seeds)"]
