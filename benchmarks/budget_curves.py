@@ -73,32 +73,42 @@ def device_line(threads: int) -> str:
     return f"cpu {cpu_pin.processor_name()} ({os.cpu_count()} cores, {threads} threads, {arithmetic})"
 
 
+def run_slug(arch: str, scheme: str, size: int, epochs: int, variant: str, seed: int) -> str:
+    """The folder of one point's run under ``--out``."""
+    return f"{arch}_{scheme}_{size}px_{epochs}ep_{variant.replace(' ', '').replace(',', '+')}_s{seed}"
+
+
+def scores(run: Path, manifest: Path, split: str, prefix: str) -> tuple[dict, dict]:
+    """The kept checkpoint on ``split``: its QWK, balanced accuracy, per-class recall and the median rule's numbers
+    as ``<prefix>_...`` fields (``val_prime``: val', where variants are chosen; ``val``: the official val split), and
+    the metrics they came from."""
+    metrics, predictions = evaluate_runs([run], manifest, split=split, device="cpu", progress=False)
+    m = next(iter(metrics["models"].values()))
+    return {f"{prefix}_qwk": m["qwk"], f"{prefix}_balanced_accuracy": m["balanced_accuracy"],
+            f"{prefix}_recall": {name: round(c["recall"], 4) for name, c in m["per_class"].items()},
+            f"{prefix}_median_rule": median_rule(predictions)}, m
+
+
 def point(args: argparse.Namespace, manifest: Path, arch: str, size: int, epochs: int, variant: str,
           seed: int) -> dict:
-    """Train (or resume) one run and score its val'-chosen checkpoint on the official val split."""
+    """Train (or resume) one run and score its val'-chosen checkpoint on val' and on the official val split."""
     config = TrainConfig.from_recipe("scratch", arch=arch, scheme=args.scheme, seed=seed, epochs=epochs,
                                      image_size=size, weights=None, **VARIANTS[variant])
-    slug = f"{arch}_{args.scheme}_{size}px_{epochs}ep_{variant.replace(' ', '').replace(',', '+')}_s{seed}"
     tic = time.time()
-    run = train(config, runtime=Runtime(device="cpu"), data_dir=manifest, out_dir=args.out / slug, resume=True,
+    run = train(config, runtime=Runtime(device="cpu"), data_dir=manifest,
+                out_dir=args.out / run_slug(arch, args.scheme, size, epochs, variant, seed), resume=True,
                 progress=False, verbose=True, keep_last=False).run_dir
     minutes = (time.time() - tic) / 60
-    metrics, _ = evaluate_runs([run], manifest, split="test", device="cpu", progress=False)
-    m = next(iter(metrics["models"].values()))
-    selection, _ = evaluate_runs([run], manifest, split="val", device="cpu", progress=False)
-    s = next(iter(selection["models"].values()))  # val', where variants are chosen
     history = read_history(run / "history.csv")
+    official, m = scores(run, manifest, "test", "val")
+    selection, _ = scores(run, manifest, "val", "val_prime")
     return {
         "arch": arch, "scheme": args.scheme, "image_size": size, "epochs": epochs, "variant": variant,
         "changes": VARIANTS[variant], "seed": seed, "minutes": round(minutes, 2),
         "epoch_seconds": [row["seconds"] for row in history],
         "val_prime_acc": [round(row["val_acc"], 4) for row in history],
         "best_epoch": max(range(len(history)), key=lambda i: (history[i]["val_acc"], -i)) + 1,
-        "val_accuracy": m["accuracy"], "val_ci": m["ci"]["accuracy"], "val_qwk": m["qwk"],
-        "val_balanced_accuracy": m["balanced_accuracy"],
-        "val_recall": {name: round(c["recall"], 4) for name, c in m["per_class"].items()},
-        "val_prime_qwk": s["qwk"], "val_prime_balanced_accuracy": s["balanced_accuracy"],
-        "val_prime_recall": {name: round(c["recall"], 4) for name, c in s["per_class"].items()},
+        "val_accuracy": m["accuracy"], "val_ci": m["ci"]["accuracy"], **official, **selection,
         "device": device_line(torch.get_num_threads()), "alone": not args.shared,
     }
 
@@ -118,23 +128,17 @@ def median_rule(predictions: pd.DataFrame) -> dict:
 
 
 def rescore(args: argparse.Namespace) -> int:
-    """Add what later versions of :func:`point` record to the rows of ``--jsonl`` whose run is still under ``--out``:
-    the val' metrics of the kept checkpoint and, for every row, the median rule's on val' and on official val."""
+    """Give the rows of ``--jsonl`` written before :func:`point` recorded them (and whose run is still under
+    ``--out``) the val' metrics of the kept checkpoint and the median rule's on val' and official val."""
     manifest = held_out_manifest(args.out)
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines()]
     for row in rows:
-        slug = (f"{row['arch']}_{row['scheme']}_{row['image_size']}px_{row['epochs']}ep_"
-                f"{row['variant'].replace(' ', '').replace(',', '+')}_s{row['seed']}")
-        run = args.out / slug
-        if not (run / "best.pt").is_file():
+        slug = run_slug(row["arch"], row["scheme"], row["image_size"], row["epochs"], row["variant"], row["seed"])
+        if "val_median_rule" in row or not (args.out / slug / "best.pt").is_file():
             continue
         for split, prefix in (("val", "val_prime"), ("test", "val")):
-            metrics, predictions = evaluate_runs([run], manifest, split=split, device="cpu", progress=False)
-            m = next(iter(metrics["models"].values()))
-            if split == "val" and f"{prefix}_qwk" not in row:
-                row.update({f"{prefix}_qwk": m["qwk"], f"{prefix}_balanced_accuracy": m["balanced_accuracy"],
-                            f"{prefix}_recall": {n: round(c["recall"], 4) for n, c in m["per_class"].items()}})
-            row[f"{prefix}_median_rule"] = median_rule(predictions)
+            found, _ = scores(args.out / slug, manifest, split, prefix)
+            row.update({k: v for k, v in found.items() if k not in row})
         print(f"rescored {slug}", flush=True)
     args.jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return 0
@@ -233,8 +237,7 @@ def choose(args: argparse.Namespace) -> int:
 
     profile = get_profile("cpu", **GRIDS[args.grid])
     curves = load_curves().for_archs(profile.archs)
-    grid_seconds = grid_timer(profile, DATA, curves.sizes, device="cpu",
-                              augment=float(curves.recipe_changes.get("augment", 1.0)))
+    grid_seconds = grid_timer(profile, DATA, curves.sizes, device="cpu", augment=curves.augment)
     choices = [choose_budget(hours, grid_seconds, curves) for hours in args.choose]
     for budget in choices:
         print(budget.describe(), flush=True)

@@ -5,9 +5,10 @@
 Copies ``OUT/tables/*.{md,csv}``, the figures that show no more than the paper's own figures do (``fig5_confusion``,
 ``fig6_roc``, ``fig7_probabilities``, ``reliability``), and per run ``history.csv`` plus the parts of
 ``config.json`` that say how it ran (recipe fields, image size, epochs, arithmetic, counts, versions) into DEST,
-``DEST/histories.png`` (every run's val' accuracy per epoch), and ``DEST/sweep.json``: the runs' best epochs and val' accuracies and, with ``--log`` (once per session of a sweep
-that was resumed or extended by a seed), the projected and actual minutes as ``kneelib reproduce`` printed them, per
-session and summed over the sessions. Never copies images of the data set.
+``DEST/histories.png`` (every run's val' accuracy per epoch), and ``DEST/sweep.json``: the runs' best epochs and val'
+accuracies and, with ``--log`` (once per session of a sweep that was resumed or extended by a seed), the projected and
+actual minutes as ``kneelib reproduce`` printed them, per session and summed over the sessions. Never copies images
+of the data set.
 """
 
 from __future__ import annotations

@@ -45,6 +45,11 @@ class Curves:
         per_arch = [set(by_size) for by_size in self.accuracy.values()]
         return sorted(set.intersection(*per_arch)) if per_arch else []
 
+    @property
+    def augment(self) -> float:
+        """The augmentation strength the curves were measured with (the data pipeline a budget will run)."""
+        return float(self.recipe_changes.get("augment", 1.0))
+
     def for_archs(self, archs: Sequence[str]) -> Curves:
         """The curves of the architectures ``archs`` train (an SE model reads its plain backbone's), where any of
         them was measured; else every measured architecture's."""
@@ -217,6 +222,6 @@ def plan(profile: Profile, data: str | Path, hours: float, *, device: str = "cpu
     """``profile`` with the image size, epochs and recipe changes that fit ``hours`` on this machine, and the
     :class:`Budget` behind them (:func:`grid_timer` times every architecture at each measured size)."""
     curves = (curves or load_curves()).for_archs(profile.archs)
-    augment = float(curves.recipe_changes.get("augment", 1.0))  # the data pipeline the budget will run
-    budget = choose_budget(hours, grid_timer(profile, data, curves.sizes, device=device, augment=augment), curves)
+    budget = choose_budget(hours, grid_timer(profile, data, curves.sizes, device=device, augment=curves.augment),
+                           curves)
     return with_budget(profile, budget), budget

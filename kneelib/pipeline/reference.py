@@ -41,19 +41,15 @@ def reference_path(profile: str) -> Path:
     return REFERENCE_DIR / f"{profile}.json"
 
 
-def _runs_vendor(layout: Layout) -> str | None:
-    """The processor vendor every run of the sweep recorded (None without runs, or where they differ or lack it)."""
-    vendors = {json.loads(config.read_text()).get("cpu_kernels", {}).get("vendor")
-               for config in sorted(layout.runs.glob("*/config.json"))}
-    return vendors.pop() if len(vendors) == 1 else None
-
-
-def _runs_pinned(layout: Layout) -> bool | None:
-    """True if every run of the sweep recorded kneelib's CPU pin, False if one did not, None without runs."""
-    flags = []
-    for config in sorted(layout.runs.glob("*/config.json")):
-        flags.append(bool(json.loads(config.read_text()).get("cpu_kernels", {}).get("pinned")))
-    return all(flags) if flags else None
+def _runs_kernels(layout: Layout) -> tuple[bool | None, str | None]:
+    """``(pinned, vendor)`` of the sweep's runs: True if every run recorded kneelib's CPU pin, False if one did not;
+    the processor vendor they all recorded (None where they differ or lack it); both None without runs."""
+    kernels = [json.loads(config.read_text()).get("cpu_kernels", {})
+               for config in sorted(layout.runs.glob("*/config.json"))]
+    if not kernels:
+        return None, None
+    vendors = {k.get("vendor") for k in kernels}
+    return all(bool(k.get("pinned")) for k in kernels), (vendors.pop() if len(vendors) == 1 else None)
 
 
 def collect(layout: Layout) -> dict[str, float]:
@@ -81,7 +77,8 @@ def write_reference(layout: Layout, profile: str) -> Path:
     values = collect(layout)
     if not values:
         raise KneelibError(f"{layout.out}: no finished runs or tables to record as the reference")
-    doc = {"profile": profile, "pinned": bool(_runs_pinned(layout)), "vendor": _runs_vendor(layout), "values": values}
+    pinned, vendor = _runs_kernels(layout)
+    doc = {"profile": profile, "pinned": bool(pinned), "vendor": vendor, "values": values}
     return write_text(reference_path(profile), json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
@@ -122,8 +119,8 @@ def check_sweep(layout: Layout, profile: str) -> str:
     reference = load_reference(profile)
     if reference is None:
         return f"no committed reference for profile {profile!r}"
-    vendor = _runs_vendor(layout)
-    mode, problems = compare(collect(layout), reference, pinned=_runs_pinned(layout), vendor=vendor)
+    pinned, vendor = _runs_kernels(layout)
+    mode, problems = compare(collect(layout), reference, pinned=pinned, vendor=vendor)
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise KneelibError(f"{layout.out} differs from {reference_path(profile)} ({mode} comparison): {shown}")

@@ -48,7 +48,7 @@ def head_of(loss: str | None) -> str:
 
 def make_criterion(loss: str = "cross_entropy", *, label_smoothing: float = 0.0, num_classes: int = 0,
                    train_targets: torch.Tensor | None = None, device: torch.device | None = None) -> Criterion:
-    """The training criterion of ``loss``; ``class-weighted`` reads the training split's ``train_targets``."""
+    """The training criterion of ``loss``; ``class_weighted`` reads the training split's ``train_targets``."""
     if loss == "cross_entropy":
         return functools.partial(F.cross_entropy, label_smoothing=label_smoothing)
     if loss == "class_weighted":
